@@ -1,0 +1,383 @@
+#include "network.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+#include "kernels.h"
+
+namespace ndlm {
+
+static const char* type_name(LayerType t) {
+    switch (t) {
+        case LayerType::BatchNorm: return "batchnorm";
+        case LayerType::LRN: return "lrn";
+        case LayerType::Conv: return "conv";
+        case LayerType::ReLU: return "relu";
+        case LayerType::MaxPool: return "maxpool";
+        case LayerType::FC: return "fc";
+        case LayerType::Softmax: return "softmax";
+    }
+    return "?";
+}
+
+static std::invalid_argument layer_error(size_t i, LayerType t, const std::string& msg) {
+    return std::invalid_argument("layer " + std::to_string(i) + " (" + type_name(t) + "): " + msg);
+}
+
+// Glorot-uniform from a 64-bit Mersenne twister; the float is built from the top 24 bits so the
+// same seed gives the same weights with any compiler or standard library.
+static void glorot_uniform(float* w, int64_t n, double fan_in, double fan_out, std::mt19937_64& rng) {
+    const double limit = std::sqrt(6.0 / (fan_in + fan_out));
+    for (int64_t i = 0; i < n; i++) {
+        const double u = double(rng() >> 40) / double(1 << 24);  // [0, 1)
+        w[i] = float((2.0 * u - 1.0) * limit);
+    }
+}
+
+Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n_classes,
+                 uint64_t seed, int n_threads, float input_scale)
+    : H_(H), W_(W), C_(C), K_(n_classes), n_threads_(std::max(1, n_threads)), input_scale_(input_scale) {
+    if (H < 1 || W < 1 || C < 1) throw std::invalid_argument("input shape must be positive, got " +
+        std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(C));
+    if (n_classes < 2) throw std::invalid_argument("need at least 2 classes, got " + std::to_string(n_classes));
+    if (specs.empty()) throw std::invalid_argument("the layer stack is empty");
+    if (!std::isfinite(input_scale)) throw std::invalid_argument("input_scale must be finite");
+    int c = C, h = H, w = W;
+    int64_t P = 0, R = 0;
+    for (size_t i = 0; i < specs.size(); i++) {
+        Layer L;
+        L.spec = specs[i];
+        const LayerSpec& s = L.spec;
+        L.inC = c; L.inH = h; L.inW = w;
+        switch (s.type) {
+            case LayerType::BatchNorm:
+                if (!(s.eps > 0)) throw layer_error(i, s.type, "eps must be > 0");
+                if (!(s.momentum >= 0 && s.momentum <= 1)) throw layer_error(i, s.type, "momentum must be in [0, 1]");
+                L.w_off = P; L.n_w = c; P += c;
+                L.b_off = P; L.n_b = c; P += c;
+                L.run_off = R; R += 2 * c;
+                break;
+            case LayerType::LRN:
+                if (s.size < 1 || s.size % 2 == 0)
+                    throw layer_error(i, s.type, "window size must be a positive odd number, got " + std::to_string(s.size));
+                if (!(s.k > 0)) throw layer_error(i, s.type, "K must be > 0");
+                if (!(s.alpha >= 0) || !(s.beta >= 0)) throw layer_error(i, s.type, "alpha and beta must be >= 0");
+                break;
+            case LayerType::Conv: {
+                if (s.filters < 1) throw layer_error(i, s.type, "filters must be >= 1");
+                if (s.kh < 1 || s.kw < 1) throw layer_error(i, s.type, "kernel size must be >= 1");
+                if (s.stride < 1) throw layer_error(i, s.type, "stride must be >= 1");
+                if (s.pad < 0) throw layer_error(i, s.type, "padding must be >= 0");
+                if (h < 1 || w < 1 || h + 2 * s.pad < s.kh || w + 2 * s.pad < s.kw)
+                    throw layer_error(i, s.type, "kernel " + std::to_string(s.kh) + "x" + std::to_string(s.kw) +
+                        " is larger than its input " + std::to_string(h) + "x" + std::to_string(w) +
+                        " (padding " + std::to_string(s.pad) + ")");
+                L.outC = s.filters;
+                L.outH = (h + 2 * s.pad - s.kh) / s.stride + 1;
+                L.outW = (w + 2 * s.pad - s.kw) / s.stride + 1;
+                L.w_off = P; L.n_w = int64_t(s.filters) * c * s.kh * s.kw; P += L.n_w;
+                L.b_off = P; L.n_b = s.filters; P += s.filters;
+                c = L.outC; h = L.outH; w = L.outW;
+                break;
+            }
+            case LayerType::ReLU: break;
+            case LayerType::MaxPool:
+                if (s.kh < 1 || s.kw < 1) throw layer_error(i, s.type, "pool size must be >= 1");
+                if (s.kh != s.kw) throw layer_error(i, s.type, "only square pooling windows are supported");
+                if (s.stride < 1) throw layer_error(i, s.type, "stride must be >= 1");
+                if (h < s.kh || w < s.kw)
+                    throw layer_error(i, s.type, "pool window " + std::to_string(s.kh) + "x" + std::to_string(s.kw) +
+                        " is larger than its input " + std::to_string(h) + "x" + std::to_string(w));
+                L.outC = c;
+                L.outH = (h - s.kh) / s.stride + 1;
+                L.outW = (w - s.kw) / s.stride + 1;
+                h = L.outH; w = L.outW;
+                break;
+            case LayerType::FC: {
+                const int units = s.units > 0 ? s.units : n_classes;
+                L.spec.units = units;
+                const int64_t F = int64_t(c) * h * w;
+                L.outC = units; L.outH = 1; L.outW = 1;
+                L.w_off = P; L.n_w = int64_t(units) * F; P += L.n_w;
+                L.b_off = P; L.n_b = units; P += units;
+                c = units; h = 1; w = 1;
+                break;
+            }
+            case LayerType::Softmax:
+                if (i + 1 != specs.size()) throw layer_error(i, s.type, "softmax can only be the last layer");
+                break;
+        }
+        if (s.type != LayerType::Conv && s.type != LayerType::MaxPool && s.type != LayerType::FC) {
+            L.outC = c; L.outH = h; L.outW = w;
+        }
+        layers_.push_back(L);
+    }
+    if (int64_t(c) * h * w != n_classes)
+        throw std::invalid_argument("the stack must end with n_classes = " + std::to_string(n_classes) +
+            " outputs (a fully connected layer), but it ends with " + std::to_string(c) + "x" +
+            std::to_string(h) + "x" + std::to_string(w));
+    if (P == 0) throw std::invalid_argument("the layer stack has no trainable parameters");
+    P_ = P;
+    mem_.assign(size_t(4 * P), 0.f);
+    running_.assign(size_t(R), 0.f);
+    std::mt19937_64 rng(seed);
+    for (Layer& L : layers_) {
+        if (L.spec.type == LayerType::BatchNorm) {
+            std::fill_n(params() + L.w_off, L.n_w, 1.f);  // gamma
+            std::fill_n(running_.data() + L.run_off + L.inC, L.inC, 1.f);  // running var
+        } else if (L.spec.type == LayerType::Conv) {
+            const double rf = double(L.spec.kh) * L.spec.kw;
+            glorot_uniform(params() + L.w_off, L.n_w, rf * L.inC, rf * L.outC, rng);
+        } else if (L.spec.type == LayerType::FC) {
+            glorot_uniform(params() + L.w_off, L.n_w, double(L.in_size()), double(L.outC), rng);
+        }
+    }
+}
+
+void Network::ensure_buffers(int64_t B) {
+    if (B <= cap_) return;
+    const size_t nl = layers_.size();
+    acts_.assign(nl + 1, {});
+    stats_.assign(nl, {});
+    argmax_.assign(nl, {});
+    acts_[0].resize(size_t(B * int64_t(C_) * H_ * W_));
+    int64_t dmax = acts_[0].size();
+    for (size_t l = 0; l < nl; l++) {
+        const Layer& L = layers_[l];
+        // ReLU runs in place (its backward needs only its output; no other layer's backward
+        // needs its own output), so it gets no buffer of its own.
+        if (L.spec.type != LayerType::ReLU) acts_[l + 1].resize(size_t(B * L.out_size()));
+        if (L.spec.type == LayerType::BatchNorm) stats_[l].resize(size_t(2 * L.inC));
+        if (L.spec.type == LayerType::MaxPool) argmax_[l].resize(size_t(B * L.out_size()));
+        dmax = std::max(dmax, B * L.out_size());
+    }
+    dbuf_[0].resize(size_t(dmax));
+    dbuf_[1].resize(size_t(dmax));
+    act_.assign(nl + 1, nullptr);
+    act_[0] = acts_[0].data();
+    for (size_t l = 0; l < nl; l++)
+        act_[l + 1] = layers_[l].spec.type == LayerType::ReLU ? act_[l] : acts_[l + 1].data();
+    cap_ = B;
+}
+
+void Network::release_buffers() {
+    acts_.clear(); stats_.clear(); argmax_.clear(); act_.clear();
+    for (auto& d : dbuf_) { d.clear(); d.shrink_to_fit(); }
+    cap_ = 0;
+}
+
+// (n, H, W, C) uint8/float32 rows X[idx[i]] -> (B, C, H, W) float32, times input_scale
+void Network::load_batch(float* dst, const ImageBatch& X, const int64_t* idx, int64_t B) const {
+    const int64_t HW = int64_t(H_) * W_, img = HW * C_;
+    const float sc = input_scale_;
+    const int C = C_;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < B; i++) {
+        const int64_t src = idx ? idx[i] : i;
+        float* d = dst + i * img;
+        if (X.is_uint8) {
+            const uint8_t* s = static_cast<const uint8_t*>(X.data) + src * img;
+            for (int64_t p = 0; p < HW; p++)
+                for (int c = 0; c < C; c++) d[c * HW + p] = float(s[p * C + c]) * sc;
+        } else {
+            const float* s = static_cast<const float*>(X.data) + src * img;
+            for (int64_t p = 0; p < HW; p++)
+                for (int c = 0; c < C; c++) d[c * HW + p] = s[p * C + c] * sc;
+        }
+    }
+}
+
+void Network::forward(int64_t B, bool train, bool update_running) {
+    const int N = int(B);
+    for (size_t l = 0; l < layers_.size(); l++) {
+        const Layer& L = layers_[l];
+        const LayerSpec& s = L.spec;
+        const float* in = act_[l];
+        float* out = act_[l + 1];
+        const int HW = L.inH * L.inW;
+        switch (s.type) {
+            case LayerType::BatchNorm: {
+                const float* gamma = params() + L.w_off;
+                const float* beta = params() + L.b_off;
+                float* rmean = running_.data() + L.run_off;
+                float* rvar = rmean + L.inC;
+                if (train) {
+                    float* mean = stats_[l].data();
+                    float* rstd = mean + L.inC;
+                    fast::batchnorm_forward_train(out, mean, rstd, in, gamma, beta, N, L.inC, HW, s.eps);
+                    if (update_running) {
+                        const double M = double(N) * HW;
+                        for (int c = 0; c < L.inC; c++) {
+                            const double var = 1.0 / (double(rstd[c]) * rstd[c]) - s.eps;
+                            const double unbiased = M > 1 ? var * M / (M - 1) : var;
+                            rmean[c] = (1 - s.momentum) * rmean[c] + s.momentum * mean[c];
+                            rvar[c] = float((1 - s.momentum) * rvar[c] + s.momentum * unbiased);
+                        }
+                    }
+                } else {
+                    fast::batchnorm_forward_infer(out, in, gamma, beta, rmean, rvar, N, L.inC, HW, s.eps);
+                }
+                break;
+            }
+            case LayerType::LRN:
+                fast::lrn_forward(out, in, N, L.inC, HW, s.size, s.alpha, s.beta, s.k);
+                break;
+            case LayerType::Conv:
+                fast::conv_forward(out, in, params() + L.w_off, params() + L.b_off, L.conv_shape(N));
+                break;
+            case LayerType::ReLU:
+                fast::relu_forward(out, in, B * L.in_size());
+                break;
+            case LayerType::MaxPool:
+                fast::maxpool_forward(out, argmax_[l].data(), in, N, L.inC, L.inH, L.inW, s.kh, s.stride,
+                                      L.outH, L.outW);
+                break;
+            case LayerType::FC:
+                fast::fc_forward(out, in, params() + L.w_off, params() + L.b_off, N, int(L.in_size()), L.outC);
+                break;
+            case LayerType::Softmax:
+                ref::softmax_forward(out, in, N, L.inC);
+                break;
+        }
+    }
+}
+
+// Softmax cross-entropy on the last activation, then every layer's backward; returns the loss.
+float Network::backward(const int32_t* y, int64_t B, int64_t* n_correct) {
+    const int N = int(B);
+    const size_t nl = layers_.size();
+    size_t last = nl;  // layers [0, last) are back-propagated through
+    float* probs;
+    std::vector<float> tmp;
+    if (layers_.back().spec.type == LayerType::Softmax) {
+        last = nl - 1;
+        probs = act_[nl];
+    } else {
+        tmp.resize(size_t(B) * K_);
+        ref::softmax_forward(tmp.data(), act_[nl], N, K_);
+        probs = tmp.data();
+    }
+    int64_t correct = 0;
+    for (int n = 0; n < N; n++) {
+        const float* p = probs + int64_t(n) * K_;
+        correct += (std::max_element(p, p + K_) - p) == y[n];
+    }
+    if (n_correct) *n_correct = correct;
+    int cur = 0;
+    float* dout = dbuf_[cur].data();
+    const float loss = ref::crossentropy_backward(dout, probs, y, N, K_);
+    std::memset(grads(), 0, sizeof(float) * size_t(P_));
+    for (size_t li = last; li-- > 0;) {
+        const Layer& L = layers_[li];
+        const LayerSpec& s = L.spec;
+        float* din = li == 0 ? nullptr : dbuf_[cur ^ 1].data();  // no gradient for the images
+        const int HW = L.inH * L.inW;
+        switch (s.type) {
+            case LayerType::BatchNorm: {
+                const float* mean = stats_[li].data();
+                fast::batchnorm_backward(din, grads() + L.w_off, grads() + L.b_off, dout, act_[li], mean,
+                                         mean + L.inC, params() + L.w_off, N, L.inC, HW);
+                break;
+            }
+            case LayerType::LRN:
+                if (din) fast::lrn_backward(din, dout, act_[li], N, L.inC, HW, s.size, s.alpha, s.beta, s.k);
+                break;
+            case LayerType::Conv:
+                fast::conv_backward(din, grads() + L.w_off, grads() + L.b_off, dout, act_[li], params() + L.w_off,
+                                    L.conv_shape(N));
+                break;
+            case LayerType::ReLU:
+                if (din) fast::relu_backward(din, dout, act_[li + 1], B * L.in_size());
+                break;
+            case LayerType::MaxPool:
+                if (din) fast::maxpool_backward(din, dout, argmax_[li].data(), N, L.inC, L.inH, L.inW, L.outH, L.outW);
+                break;
+            case LayerType::FC:
+                fast::fc_backward(din, grads() + L.w_off, grads() + L.b_off, dout, act_[li], params() + L.w_off, N,
+                                  int(L.in_size()), L.outC);
+                break;
+            case LayerType::Softmax: break;  // only last; handled above
+        }
+        if (!din) break;
+        cur ^= 1;
+        dout = din;
+    }
+    return loss;
+}
+
+void Network::adam_update() {
+    // L2 regularization on conv / fc weights (not on biases or batch norm), MATLAB's convention
+    if (adam_.l2 != 0.f)
+        for (const Layer& L : layers_)
+            if (L.spec.type == LayerType::Conv || L.spec.type == LayerType::FC) {
+                float* g = grads() + L.w_off;
+                const float* p = params() + L.w_off;
+                for (int64_t i = 0; i < L.n_w; i++) g[i] += adam_.l2 * p[i];
+            }
+    step_++;
+    const float b1 = adam_.beta1, b2 = adam_.beta2;
+    const double bc1 = 1.0 - std::pow(double(b1), double(step_));
+    const double bc2 = 1.0 - std::pow(double(b2), double(step_));
+    const float lr_t = float(adam_.learning_rate * std::sqrt(bc2) / bc1);
+    const float eps_t = float(adam_.epsilon * std::sqrt(bc2));
+    float* p = params();
+    const float* g = grads();
+    float* m = adam_m();
+    float* v = adam_v();
+    const int64_t P = P_;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < P; i++) {
+        m[i] = b1 * m[i] + (1.f - b1) * g[i];
+        v[i] = b2 * v[i] + (1.f - b2) * g[i] * g[i];
+        // p -= lr mhat / (sqrt(vhat) + eps), with the bias corrections folded into lr_t, eps_t
+        p[i] -= lr_t * m[i] / (std::sqrt(v[i]) + eps_t);
+    }
+}
+
+std::pair<float, int64_t> Network::train_step(const ImageBatch& X, const int64_t* idx, const int32_t* y,
+                                              int64_t B) {
+    omp_set_num_threads(n_threads_);
+    ensure_buffers(B);
+    load_batch(acts_[0].data(), X, idx, B);
+    forward(B, true, true);
+    int64_t correct = 0;
+    const float loss = backward(y, B, &correct);
+    if (!std::isfinite(loss))
+        throw std::runtime_error("training diverged: the loss is not finite (lower learning_rate_init?)");
+    adam_update();
+    return {loss, correct};
+}
+
+float Network::loss_and_grad(const ImageBatch& X, const int64_t* idx, const int32_t* y, int64_t B) {
+    omp_set_num_threads(n_threads_);
+    ensure_buffers(B);
+    load_batch(acts_[0].data(), X, idx, B);
+    forward(B, true, false);
+    return backward(y, B, nullptr);
+}
+
+void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk) {
+    omp_set_num_threads(n_threads_);
+    chunk = std::max<int64_t>(1, std::min(chunk, m));
+    ensure_buffers(chunk);
+    std::vector<int64_t> ids(static_cast<size_t>(chunk));
+    for (int64_t s = 0; s < m; s += chunk) {
+        const int64_t B = std::min(chunk, m - s);
+        for (int64_t i = 0; i < B; i++) ids[size_t(i)] = idx ? idx[s + i] : s + i;
+        load_batch(acts_[0].data(), X, ids.data(), B);
+        forward(B, false, false);
+        const float* last = act_.back();
+        if (layers_.back().spec.type == LayerType::Softmax)
+            std::memcpy(out + s * K_, last, sizeof(float) * size_t(B) * K_);
+        else
+            ref::softmax_forward(out + s * K_, last, int(B), K_);
+    }
+}
+
+}  // namespace ndlm

@@ -1,0 +1,115 @@
+// A network is a list of layer specs (data, not code) compiled into shapes, one flat parameter
+// block and activation buffers; train_step runs forward, softmax cross-entropy, backward and Adam.
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "layers.h"
+
+namespace ndlm {
+
+enum class LayerType { BatchNorm, LRN, Conv, ReLU, MaxPool, FC, Softmax };
+
+struct LayerSpec {
+    LayerType type = LayerType::ReLU;
+    // batch norm
+    float eps = 1e-5f, momentum = 0.1f;
+    // LRN
+    int size = 5;
+    float alpha = 1e-4f, beta = 0.75f, k = 2.f;
+    // convolution (filters, kernel, stride, pad) / pooling (kernel, stride)
+    int filters = 0, kh = 0, kw = 0, stride = 1, pad = 0;
+    // fully connected (0 = number of classes)
+    int units = 0;
+};
+
+struct Layer {
+    LayerSpec spec;
+    int inC = 0, inH = 0, inW = 0, outC = 0, outH = 0, outW = 0;
+    int64_t w_off = -1, n_w = 0;  // weight (conv, fc) or gamma (batch norm) in the parameter block
+    int64_t b_off = -1, n_b = 0;  // bias (conv, fc) or beta (batch norm)
+    int64_t run_off = -1;         // batch norm: running mean (C) then running var (C) in running_
+    int64_t in_size() const { return int64_t(inC) * inH * inW; }
+    int64_t out_size() const { return int64_t(outC) * outH * outW; }
+    ConvShape conv_shape(int N) const {
+        return ConvShape{N, inC, inH, inW, outC, spec.kh, spec.kw, spec.stride, spec.pad, outH, outW};
+    }
+};
+
+// An input batch as it arrives from NumPy: (n, H, W, C) images, uint8 or float32, C-contiguous.
+struct ImageBatch {
+    const void* data = nullptr;
+    bool is_uint8 = true;
+    int64_t n = 0;
+};
+
+struct AdamConfig {
+    float learning_rate = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, epsilon = 1e-8f;
+    float l2 = 1e-4f;  // added to the gradient of conv / fc weights: g += l2 * w (MATLAB's L2)
+};
+
+class Network {
+public:
+    Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n_classes, uint64_t seed,
+            int n_threads, float input_scale);
+
+    // One mini-batch of Adam: images X[idx[i]] with labels y[i]. Returns (mean loss, n correct).
+    std::pair<float, int64_t> train_step(const ImageBatch& X, const int64_t* idx, const int32_t* y,
+                                         int64_t B);
+    // Loss and gradient (into grads()) on images X[idx], batch statistics, no update of
+    // running statistics or parameters: the function finite-difference checks differentiate.
+    float loss_and_grad(const ImageBatch& X, const int64_t* idx, const int32_t* y, int64_t B);
+    // Class probabilities of the m images X[idx[i]] (idx null: the first m) with running
+    // statistics (inference), in chunks of `chunk` images; out: (m, n_classes).
+    void predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk);
+
+    // Frees the activation buffers (hundreds of MB for big batches); they come back on demand.
+    void release_buffers();
+    void set_adam(const AdamConfig& c) { adam_ = c; }
+    const AdamConfig& adam() const { return adam_; }
+    void set_threads(int n) { n_threads_ = n < 1 ? 1 : n; }
+    int threads() const { return n_threads_; }
+
+    const std::vector<Layer>& layers() const { return layers_; }
+    int64_t n_params() const { return P_; }
+    float* params() { return mem_.data(); }
+    float* grads() { return mem_.data() + P_; }
+    float* adam_m() { return mem_.data() + 2 * P_; }
+    float* adam_v() { return mem_.data() + 3 * P_; }
+    std::vector<float>& running() { return running_; }
+    int64_t& adam_step() { return step_; }
+    int H() const { return H_; }
+    int W() const { return W_; }
+    int C() const { return C_; }
+    int n_classes() const { return K_; }
+    std::mutex& mutex() { return mu_; }
+
+private:
+    void ensure_buffers(int64_t B);
+    void load_batch(float* dst, const ImageBatch& X, const int64_t* idx, int64_t B) const;
+    void forward(int64_t B, bool train, bool update_running);
+    float backward(const int32_t* y, int64_t B, int64_t* n_correct);
+    void adam_update();
+
+    std::vector<Layer> layers_;
+    int H_, W_, C_, K_;
+    int n_threads_;
+    float input_scale_;
+    int64_t P_ = 0;                // number of trainable parameters
+    std::vector<float> mem_;       // params | grads | adam m | adam v (one allocation)
+    std::vector<float> running_;   // batch norm running statistics
+    int64_t step_ = 0;             // Adam time step
+    AdamConfig adam_;
+    // activation buffers for the current batch size
+    int64_t cap_ = 0;
+    std::vector<std::vector<float>> acts_;   // storage: acts_[0] = input, acts_[l + 1] = layer l's output
+    std::vector<float*> act_;                // act_[l] = input of layer l (ReLU shares its input's storage)
+    std::vector<std::vector<float>> stats_;  // batch norm: mean (C) then rstd (C)
+    std::vector<std::vector<int32_t>> argmax_;
+    std::vector<float> dbuf_[2];             // activation gradients, ping-pong
+    std::mutex mu_;
+};
+
+}  // namespace ndlm

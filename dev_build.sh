@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Developer build: compiles the extension into build/dev and copies it next to the Python sources,
+# so `PYTHONPATH=python python ...` uses it without reinstalling. Users run `pip install .`.
+set -euo pipefail
+cd "$(dirname "$0")"
+cmake -S . -B build/dev -G Ninja -DSKBUILD_PROJECT_NAME=ndlm_sk -DCMAKE_BUILD_TYPE=Release \
+  -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python)" > /dev/null
+cmake --build build/dev
+cp build/dev/_core*.so python/ndlm_sk/

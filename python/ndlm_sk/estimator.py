@@ -1,0 +1,441 @@
+"""NDLMClassifier: the NDLM network as a scikit-learn classifier."""
+
+import os
+import time
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from . import _core
+from .architectures import resolve_architecture
+
+# Images are converted to float per mini-batch inside the core, so uint8 stays uint8 in memory.
+_CORE_DTYPES = (np.uint8, np.float32)
+
+
+class NDLMClassifier(ClassifierMixin, BaseEstimator):
+    """The NDLM white blood cell CNN (Al-Jader et al. 2026) trained with Adam, in C++.
+
+    Parameters follow :class:`sklearn.neural_network.MLPClassifier` where one exists; the
+    defaults are the paper's (NDLM.md): 100 epochs of Adam (1e-3, 0.9, 0.999, 1e-8),
+    mini-batches of 128, L2 regularization 1e-4.
+
+    Parameters
+    ----------
+    architecture : str or list of dict, default="ndlm"
+        A preset name from :data:`ndlm_sk.PRESETS` or a layer stack (see
+        :mod:`ndlm_sk.architectures`).
+    image_shape : tuple (height, width, channels) or None, default=None
+        Shape of one image when X is given as a 2-D (n, features) array. With None, 4-D X
+        gives the shape itself and a 2-D X is read as n images of 1x1xfeatures.
+    input_scale : float, default=1/255
+        Every input value is multiplied by it (uint8 and float inputs alike) before the first layer.
+    learning_rate_init, beta_1, beta_2, epsilon : float
+        Adam's step size and moment decay rates, as in MLPClassifier.
+    alpha : float, default=1e-4
+        L2 penalty on the convolution and fully connected weights. As in MATLAB (which the paper
+        used) the gradient gets ``alpha * W``; unlike MLPClassifier it is not divided by n_samples.
+    batch_size : int, default=128
+        Mini-batch size (clipped to the number of training images).
+    max_iter : int, default=100
+        Maximum number of epochs.
+    shuffle : bool, default=True
+        Shuffle the training images before every epoch.
+    random_state : int, RandomState or None
+        Seeds the weights, the shuffling and the validation split. The same seed and n_jobs give a
+        bit-identical fitted model.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data (or use ``X_val, y_val`` given to
+        ``fit``), stop when the validation accuracy has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs, and keep the weights of the best epoch.
+    validation_fraction : float, default=0.1
+    n_iter_no_change : int, default=10
+    tol : float, default=1e-4
+    verbose : bool, default=False
+        Print one line per epoch: loss, training accuracy, validation accuracy, seconds, images/s.
+    warm_start : bool, default=False
+        Continue from the previous fit (weights and Adam state) instead of starting over.
+    n_jobs : int or None, default=None
+        OpenMP threads of the C++ core; None uses OpenMP's default (OMP_NUM_THREADS or all cores).
+    predict_batch_size : int, default=32
+        Images per chunk at inference (bounds the memory predict uses).
+
+    Attributes
+    ----------
+    classes_, n_features_in_, image_shape_, layers_, n_iter_, t_, loss_, loss_curve_,
+    train_scores_, validation_scores_, best_validation_score_, best_loss_, n_params_
+    """
+
+    def __init__(
+        self,
+        architecture="ndlm",
+        *,
+        image_shape=None,
+        input_scale=1 / 255,
+        learning_rate_init=1e-3,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        alpha=1e-4,
+        batch_size=128,
+        max_iter=100,
+        shuffle=True,
+        random_state=None,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        n_jobs=None,
+        predict_batch_size=32,
+    ):
+        self.architecture = architecture
+        self.image_shape = image_shape
+        self.input_scale = input_scale
+        self.learning_rate_init = learning_rate_init
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.n_jobs = n_jobs
+        self.predict_batch_size = predict_batch_size
+
+    # ------------------------------------------------------------------ input checking
+    def _validate_X(self, X, reset):
+        """Check X and return it as a C-contiguous (n, H, W, C) uint8 or float32 array."""
+        if hasattr(X, "ndim") and getattr(X, "ndim", 2) >= 3:
+            X = check_array(
+                X, dtype=list(_CORE_DTYPES), order="C", allow_nd=True, ensure_all_finite=True,
+                ensure_min_samples=1, input_name="X",
+            )
+            if X.ndim == 3:  # (n, H, W) grayscale
+                X = X[..., np.newaxis]
+            if X.ndim != 4:
+                raise ValueError(
+                    f"expected images of shape (n, height, width, channels), got {X.ndim} dimensions"
+                )
+            shape = tuple(int(s) for s in X.shape[1:])
+            if reset:
+                if self.image_shape is not None and tuple(self.image_shape) != shape:
+                    raise ValueError(f"images are {shape} but image_shape={tuple(self.image_shape)}")
+                self.n_features_in_ = int(np.prod(shape))
+                self.image_shape_ = shape
+                if hasattr(self, "feature_names_in_"):
+                    del self.feature_names_in_
+            elif shape != self.image_shape_:
+                raise ValueError(
+                    f"images are {'x'.join(map(str, shape))} but {type(self).__name__} was fitted on "
+                    f"{'x'.join(map(str, self.image_shape_))} images"
+                )
+            return X
+        X = validate_data(
+            self, X, reset=reset, dtype=list(_CORE_DTYPES), order="C", ensure_all_finite=True,
+            ensure_min_features=1,
+        )
+        n, f = X.shape
+        if reset:
+            shape = (1, 1, f) if self.image_shape is None else tuple(int(s) for s in self.image_shape)
+            if len(shape) != 3 or int(np.prod(shape)) != f:
+                raise ValueError(
+                    f"image_shape={self.image_shape} does not match X with {f} features per row "
+                    "(expected (height, width, channels) with height*width*channels == n_features)"
+                )
+            self.image_shape_ = shape
+        return X.reshape((n,) + self.image_shape_)
+
+    def _threads(self):
+        if self.n_jobs is None:
+            return int(_core.max_threads())
+        n = int(self.n_jobs)
+        if n == 0:
+            raise ValueError("n_jobs must not be 0")
+        return max(1, (os.cpu_count() or 1) + 1 + n) if n < 0 else n
+
+    def _check_params(self):
+        def positive(name, integer=False):
+            v = getattr(self, name)
+            bad = not isinstance(v, (int, np.integer) if integer else (int, float, np.number))
+            if bad or isinstance(v, bool) or not v > 0:
+                kind = "a positive integer" if integer else "a positive number"
+                raise ValueError(f"{name} must be {kind}, got {v!r}")
+
+        for name in ("batch_size", "max_iter", "n_iter_no_change", "predict_batch_size"):
+            positive(name, integer=True)
+        for name in ("learning_rate_init", "epsilon"):
+            positive(name)
+        for name in ("beta_1", "beta_2"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float, np.number)) and 0 <= v < 1):
+                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+        if not (isinstance(self.alpha, (int, float, np.number)) and self.alpha >= 0):
+            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
+        if not (isinstance(self.tol, (int, float, np.number)) and self.tol >= 0):
+            raise ValueError(f"tol must be >= 0, got {self.tol!r}")
+        if not (isinstance(self.validation_fraction, (int, float, np.number)) and 0 < self.validation_fraction < 1):
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        if not (isinstance(self.input_scale, (int, float, np.number)) and np.isfinite(self.input_scale)):
+            raise ValueError(f"input_scale must be a finite number, got {self.input_scale!r}")
+
+    # ------------------------------------------------------------------ the core network
+    def _build_network(self, seed):
+        """The one path from this estimator's parameters into a new C++ network."""
+        stack = resolve_architecture(self.architecture)
+        try:
+            net = _core.Network(
+                stack, self.image_shape_, len(self.classes_), seed=int(seed),
+                n_threads=self._threads(), input_scale=float(self.input_scale),
+            )
+        except ValueError as e:
+            h, w, c = self.image_shape_
+            raise ValueError(f"cannot build the layer stack for {h}x{w}x{c} inputs: {e}") from None
+        self._net = net
+        self.layers_ = net.layers
+        self.n_params_ = int(net.n_params)
+
+    def _configure_network(self):
+        self._net.n_threads = self._threads()
+        self._net.set_optimizer(
+            float(self.learning_rate_init), float(self.beta_1), float(self.beta_2),
+            float(self.epsilon), float(self.alpha),
+        )
+
+    def _encode(self, y):
+        y = np.asarray(y)
+        idx = np.searchsorted(self.classes_, y)
+        idx = np.clip(idx, 0, len(self.classes_) - 1)
+        unknown = self.classes_[idx] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"y contains labels not seen in classes_ {list(self.classes_)}: {list(np.unique(y[unknown]))[:5]}"
+            )
+        return idx.astype(np.int32)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y, X_val=None, y_val=None):
+        """Train on images X (n, H, W, C) or rows (n, features) with labels y.
+
+        ``X_val, y_val`` (optional) are a validation set scored after every epoch
+        (``validation_scores_``); with ``early_stopping=True`` they replace the held-out
+        ``validation_fraction``.
+        """
+        return self._fit(X, y, X_val, y_val, incremental=False)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y). ``classes`` is required on the first call."""
+        first = not hasattr(self, "classes_")
+        if first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        if not first and classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
+            raise ValueError(f"classes={list(classes)} differs from the classes_ of the first call {list(self.classes_)}")
+        return self._fit(X, y, None, None, incremental=True, classes=classes)
+
+    def _fit(self, X, y, X_val, y_val, incremental, classes=None):
+        self._check_params()
+        continuing = hasattr(self, "_net") and (incremental or self.warm_start)
+        X = self._validate_X(X, reset=not continuing)
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            warnings.warn("y is a column vector; use a 1-d array", DataConversionWarningCompat, stacklevel=3)
+            y = y.ravel()
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-d, got shape {y.shape}")
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
+        check_classification_targets(y)
+        if not continuing:
+            self.classes_ = unique_labels(classes if classes is not None else y)
+            if len(self.classes_) < 2:
+                raise ValueError(
+                    f"the classifier needs samples of at least 2 classes, got 1 class: {self.classes_[0]!r}"
+                )
+        y_enc = self._encode(y)
+        if not continuing:
+            rs = self.random_state
+            if isinstance(rs, np.random.RandomState):
+                base = int(rs.randint(np.iinfo(np.int32).max))
+            elif rs is None:
+                base = int(np.random.SeedSequence().entropy % (2**31))
+            else:
+                base = int(rs)
+            self._seed = base
+            self._build_network(base)
+            self.n_iter_ = 0
+            self.t_ = 0
+            self.loss_curve_ = []
+            self.train_scores_ = []
+            self.validation_scores_ = [] if (self.early_stopping or X_val is not None) and not incremental else None
+            self.best_loss_ = np.inf
+            self.best_validation_score_ = None if self.validation_scores_ is None else -np.inf
+            self._no_improvement_count = 0
+        self._configure_network()
+
+        # validation data: given, held out (early stopping), or none; indices avoid copying X
+        train_idx = np.arange(len(X))
+        Xv, val_idx, yv = None, None, None
+        if not incremental and X_val is not None:
+            if y_val is None:
+                raise ValueError("X_val given without y_val")
+            Xv = self._validate_X(X_val, reset=False)
+            yv = self._encode(np.asarray(y_val))
+            if len(yv) != len(Xv):
+                raise ValueError(f"X_val has {len(Xv)} samples but y_val has {len(yv)}")
+        elif not incremental and self.early_stopping:
+            stratify = y_enc if np.min(np.bincount(y_enc)) >= 2 else None
+            train_idx, val_idx = train_test_split(
+                train_idx, test_size=self.validation_fraction, stratify=stratify,
+                random_state=np.random.RandomState(self._seed),
+            )
+            Xv, yv = X, y_enc[val_idx]
+            if len(train_idx) < 1 or len(val_idx) < 1:
+                raise ValueError("too few samples to hold out a validation set; disable early_stopping")
+        if self.validation_scores_ is None and Xv is not None:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+
+        epochs = 1 if incremental else self.max_iter
+        keep_best = self.early_stopping and Xv is not None and not incremental
+        try:
+            for _ in range(epochs):
+                t0 = time.perf_counter()
+                loss, acc = self._run_epoch(X, y_enc, train_idx)
+                dt = time.perf_counter() - t0
+                self.n_iter_ += 1
+                self.t_ += len(train_idx)
+                self.loss_ = loss
+                self.loss_curve_.append(loss)
+                self.train_scores_.append(acc)
+                vscore = None
+                if Xv is not None:
+                    proba = self._net.predict_proba(Xv, val_idx, chunk=int(self.predict_batch_size))
+                    vscore = float(np.mean(np.argmax(proba, axis=1) == yv))
+                    self.validation_scores_.append(vscore)
+                if self.verbose:
+                    msg = f"Epoch {self.n_iter_}: loss {loss:.4f}, train acc {acc:.4f}"
+                    if vscore is not None:
+                        msg += f", val acc {vscore:.4f}"
+                    print(f"{msg}, {dt:.1f} s, {len(train_idx) / dt:.0f} img/s", flush=True)
+                if incremental:
+                    continue
+                if self._stop_now(loss, vscore, keep_best):
+                    if self.verbose:
+                        print(f"Stopping: no improvement for {self.n_iter_no_change} epochs", flush=True)
+                    break
+            else:
+                if not incremental and not keep_best:
+                    warnings.warn(
+                        f"Stopped after max_iter={self.max_iter} epochs without convergence.",
+                        ConvergenceWarning,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by the user: keeping the model trained so far.")
+        finally:
+            if keep_best and getattr(self, "_best_state", None) is not None:
+                self._net.set_state(self._best_state)
+            self._best_state = None
+            self._net.release_buffers()
+        return self
+
+    def _run_epoch(self, X, y_enc, train_idx):
+        n = len(train_idx)
+        if self.shuffle:
+            # derived from (seed, epoch): reproducible, and nothing but two ints to pickle
+            order = train_idx[np.random.default_rng([self._seed, self.n_iter_]).permutation(n)]
+        else:
+            order = train_idx
+        bs = min(int(self.batch_size), n)
+        total_loss, correct = 0.0, 0
+        for s in range(0, n, bs):
+            idx = np.ascontiguousarray(order[s:s + bs], dtype=np.int64)
+            loss, c = self._net.train_step(X, idx, y_enc[idx])
+            total_loss += float(loss) * len(idx)
+            correct += int(c)
+        return total_loss / n, correct / n
+
+    def _stop_now(self, loss, vscore, keep_best):
+        """MLPClassifier's rule: stop after n_iter_no_change epochs without a tol improvement."""
+        if keep_best:
+            if vscore < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if vscore > self.best_validation_score_:
+                self.best_validation_score_ = vscore
+                self._best_state = self._net.get_state()
+                self.best_loss_ = loss
+        else:
+            if vscore is not None and vscore > self.best_validation_score_:
+                self.best_validation_score_ = vscore
+            if loss > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            self.best_loss_ = min(self.best_loss_, loss)
+        return self._no_improvement_count > self.n_iter_no_change
+
+    # ------------------------------------------------------------------ prediction
+    def predict_proba(self, X):
+        """Class probabilities, shape (n, n_classes), columns in the order of ``classes_``."""
+        check_is_fitted(self, "_net")
+        X = self._validate_X(X, reset=False)
+        self._net.n_threads = self._threads()
+        proba = self._net.predict_proba(X, chunk=int(self.predict_batch_size))
+        self._net.release_buffers()
+        return proba
+
+    def predict_log_proba(self, X):
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    # ------------------------------------------------------------------ introspection
+    def get_layer_params(self):
+        """Per-layer parameter arrays (copies) in PyTorch/ONNX layout, aligned with ``layers_``."""
+        check_is_fitted(self, "_net")
+        return self._net.layer_params()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+    # ------------------------------------------------------------------ persistence
+    def __getstate__(self):
+        # Like LightGBM / xgboost: the native network is stored as its state (NumPy arrays and
+        # plain values), never as a pointer.
+        state = self.__dict__.copy()
+        net = state.pop("_net", None)
+        if net is not None:
+            state["_net_state"] = net.get_state()
+        state.pop("_best_state", None)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        net_state = state.pop("_net_state", None)
+        self.__dict__.update(state)
+        if net_state is not None:
+            self._build_network(self._seed)
+            self._net.set_state(net_state)
+            if list(self._net.layers) != list(self.layers_):
+                raise ValueError("the saved layer stack does not match the architecture parameter")
+
+
+from sklearn.exceptions import DataConversionWarning as DataConversionWarningCompat  # noqa: E402
