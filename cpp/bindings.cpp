@@ -159,8 +159,8 @@ ImageBatch image_batch(const py::array& X, const Network& net) {
                               std::to_string(X.shape(3)) + " but the network takes " + std::to_string(net.H()) + "x" +
                               std::to_string(net.W()) + "x" + std::to_string(net.C()));
     if (!(X.flags() & py::array::c_style)) throw py::value_error("images must be C-contiguous");
-    if (X.dtype().is(py::dtype::of<uint8_t>())) b.is_uint8 = true;
-    else if (X.dtype().is(py::dtype::of<float>())) b.is_uint8 = false;
+    if (py::isinstance<py::array_t<uint8_t>>(X)) b.is_uint8 = true;
+    else if (py::isinstance<py::array_t<float>>(X)) b.is_uint8 = false;
     else throw py::value_error("images must be uint8 or float32, got " + py::str(X.dtype()).cast<std::string>());
     b.data = X.data();
     b.n = X.shape(0);

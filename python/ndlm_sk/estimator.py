@@ -9,13 +9,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
-from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from . import _core
 from .architectures import resolve_architecture
 
 # Images are converted to float per mini-batch inside the core, so uint8 stays uint8 in memory.
-_CORE_DTYPES = (np.uint8, np.float32)
+_CORE_DTYPES = (np.float32, np.uint8)  # other dtypes convert to the first
 
 
 class NDLMClassifier(ClassifierMixin, BaseEstimator):
@@ -249,12 +249,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         continuing = hasattr(self, "_net") and (incremental or self.warm_start)
         X = self._validate_X(X, reset=not continuing)
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            warnings.warn("y is a column vector; use a 1-d array", DataConversionWarningCompat, stacklevel=3)
-            y = y.ravel()
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-d, got shape {y.shape}")
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        y = column_or_1d(y, warn=True)
         if len(y) != len(X):
             raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
         check_classification_targets(y)
@@ -403,7 +400,8 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             return np.log(self.predict_proba(X))
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     # ------------------------------------------------------------------ introspection
     def get_layer_params(self):
@@ -437,5 +435,3 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             if list(self._net.layers) != list(self.layers_):
                 raise ValueError("the saved layer stack does not match the architecture parameter")
 
-
-from sklearn.exceptions import DataConversionWarning as DataConversionWarningCompat  # noqa: E402
