@@ -6,4 +6,5 @@ cd "$(dirname "$0")"
 cmake -S . -B build/dev -G Ninja -DSKBUILD_PROJECT_NAME=ndlm_sk -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python)" > /dev/null
 cmake --build build/dev
-cp build/dev/_core*.so python/ndlm_sk/
+# copy then rename: processes that have the old module loaded keep their (unlinked) file
+for f in build/dev/_core*.so; do cp "$f" "python/ndlm_sk/.tmp_$(basename "$f")"; mv -f "python/ndlm_sk/.tmp_$(basename "$f")" "python/ndlm_sk/$(basename "$f")"; done
