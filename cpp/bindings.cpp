@@ -488,6 +488,14 @@ PYBIND11_MODULE(_core, m) {
                  return out;
              }, py::arg("X"), py::arg("idx") = py::none(), py::arg("chunk") = 64,
              "Class probabilities of the images X (or X[idx]) with running batch norm statistics")
+        .def("layer_seconds", [](Network& n, bool reset) {
+            std::lock_guard<std::mutex> g(n.mutex());
+            auto& t = n.layer_seconds();
+            py::list l;
+            for (size_t i = 0; i + 1 < t.size(); i += 2) l.append(py::make_tuple(t[i], t[i + 1]));
+            if (reset) std::fill(t.begin(), t.end(), 0.0);
+            return l;
+        }, py::arg("reset") = false, "Per-layer (forward, backward) seconds accumulated so far")
         .def("release_buffers", [](Network& n) {
             std::lock_guard<std::mutex> g(n.mutex());
             n.release_buffers();

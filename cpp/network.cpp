@@ -124,6 +124,7 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
             std::to_string(h) + "x" + std::to_string(w));
     if (P == 0) throw std::invalid_argument("the layer stack has no trainable parameters");
     P_ = P;
+    layer_seconds_.assign(2 * layers_.size(), 0.0);
     mem_.assign(size_t(4 * P), 0.f);
     running_.assign(size_t(R), 0.f);
     std::mt19937_64 rng(seed);
@@ -196,6 +197,7 @@ void Network::load_batch(float* dst, const ImageBatch& X, const int64_t* idx, in
 void Network::forward(int64_t B, bool train, bool update_running) {
     const int N = int(B);
     for (size_t l = 0; l < layers_.size(); l++) {
+        const double t0 = omp_get_wtime();
         const Layer& L = layers_[l];
         const LayerSpec& s = L.spec;
         const float* in = act_[l];
@@ -245,6 +247,7 @@ void Network::forward(int64_t B, bool train, bool update_running) {
                 ref::softmax_forward(out, in, N, L.inC);
                 break;
         }
+        layer_seconds_[2 * l] += omp_get_wtime() - t0;
     }
 }
 
@@ -274,6 +277,7 @@ float Network::backward(const int32_t* y, int64_t B, int64_t* n_correct) {
     const float loss = ref::crossentropy_backward(dout, probs, y, N, K_);
     std::memset(grads(), 0, sizeof(float) * size_t(P_));
     for (size_t li = last; li-- > 0;) {
+        const double t0 = omp_get_wtime();
         const Layer& L = layers_[li];
         const LayerSpec& s = L.spec;
         float* din = li == 0 ? nullptr : dbuf_[cur ^ 1].data();  // no gradient for the images
@@ -304,6 +308,7 @@ float Network::backward(const int32_t* y, int64_t B, int64_t* n_correct) {
                 break;
             case LayerType::Softmax: break;  // only last; handled above
         }
+        layer_seconds_[2 * li + 1] += omp_get_wtime() - t0;
         if (!din) break;
         cur ^= 1;
         dout = din;

@@ -85,6 +85,8 @@ public:
     int C() const { return C_; }
     int n_classes() const { return K_; }
     std::mutex& mutex() { return mu_; }
+    // Seconds spent in each layer since the last reset: [2 l] forward, [2 l + 1] backward.
+    std::vector<double>& layer_seconds() { return layer_seconds_; }
 
 private:
     void ensure_buffers(int64_t B);
@@ -109,6 +111,7 @@ private:
     std::vector<std::vector<float>> stats_;  // batch norm: mean (C) then rstd (C)
     std::vector<std::vector<int32_t>> argmax_;
     std::vector<float> dbuf_[2];             // activation gradients, ping-pong
+    std::vector<double> layer_seconds_;
     std::mutex mu_;
 };
 

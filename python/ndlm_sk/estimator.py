@@ -67,8 +67,17 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    classes_, n_features_in_, image_shape_, layers_, n_iter_, t_, loss_, loss_curve_,
-    train_scores_, validation_scores_, best_validation_score_, best_loss_, n_params_
+    classes_ : labels, sorted (the columns of predict_proba)
+    n_features_in_ : height * width * channels of one input
+    image_shape_ : (height, width, channels) the network was built for
+    layers_ : the layer stack with every setting filled in
+    n_params_ : number of trainable parameters
+    n_iter_ : epochs run; t_ : training images seen
+    loss_, loss_curve_ : mean training loss of the last / every epoch
+    batch_loss_curve_ : loss of every mini-batch (the paper's Fig. 3 "mini-batch loss")
+    train_scores_ : training accuracy of every epoch (on the fly, training-mode batch norm)
+    validation_scores_ : validation accuracy of every epoch (None without validation data)
+    best_validation_score_, best_loss_
     """
 
     def __init__(
@@ -275,6 +284,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             self.n_iter_ = 0
             self.t_ = 0
             self.loss_curve_ = []
+            self.batch_loss_curve_ = []
             self.train_scores_ = []
             self.validation_scores_ = [] if (self.early_stopping or X_val is not None) and not incremental else None
             self.best_loss_ = np.inf
@@ -360,6 +370,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         for s in range(0, n, bs):
             idx = np.ascontiguousarray(order[s:s + bs], dtype=np.int64)
             loss, c = self._net.train_step(X, idx, y_enc[idx])
+            self.batch_loss_curve_.append(float(loss))
             total_loss += float(loss) * len(idx)
             correct += int(c)
         return total_loss / n, correct / n

@@ -1,0 +1,331 @@
+"""Training and inference speed of NDLM: ndlm_sk vs PyTorch (CPU, eager) vs onnxruntime, side by side.
+
+    pip install -r benchmarks/requirements.txt
+    python benchmarks/bench_speed.py --threads 2 --out benchmarks/results/speed
+
+Every configuration runs in a fresh subprocess (so peak memory is per configuration) with the same
+thread count for every framework. Before timing, the script checks that the three compute the same
+outputs on the same weights, and that one Adam step of ndlm_sk and PyTorch gives the same weights.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+N_CLASSES = 5
+SCALE = 1 / 255
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _images(n, size, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    y = (np.arange(n) % N_CLASSES).astype(np.int32)
+    return X, y
+
+
+def _fitted_classifier(size, threads, architecture="ndlm"):
+    """An NDLMClassifier after one partial_fit (so batch norm running statistics are real)."""
+    from ndlm_sk import NDLMClassifier
+    X, y = _images(16, size, seed=1)
+    clf = NDLMClassifier(architecture, batch_size=8, random_state=0, n_jobs=threads)
+    return clf.partial_fit(X, y, classes=np.arange(N_CLASSES))
+
+
+def _median_time(fn, reps, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+# ---------------------------------------------------------------------------- one configuration
+def worker(cfg):
+    fw, mode, B, size, threads, reps = cfg["fw"], cfg["mode"], cfg["batch"], cfg["size"], cfg["threads"], cfg["reps"]
+    X, y = _images(B, size)
+    out = dict(cfg)
+    if fw == "ours":
+        clf = _fitted_classifier(size, threads)
+        net = clf._net
+        net.n_threads = threads
+        if mode == "train":
+            idx = np.arange(B, dtype=np.int64)
+            net.train_step(X, idx, y)
+            net.layer_seconds(reset=True)
+            t = _median_time(lambda: net.train_step(X, idx, y), reps)
+            out["layer_seconds"] = [list(p) for p in net.layer_seconds()]
+            out["layers"] = [l["type"] for l in net.layers]
+            out["steps"] = reps + 1
+        else:
+            t = _median_time(lambda: net.predict_proba(X, chunk=B), reps)
+    elif fw == "torch":
+        import torch
+        from torch_ndlm import adam_for, build_torch, to_nchw
+        torch.set_num_threads(threads)
+        clf = _fitted_classifier(size, 1)
+        model = build_torch(clf.layers_, clf.image_shape_, clf.get_layer_params())
+        xt = to_nchw(X, SCALE)
+        yt = torch.from_numpy(y.astype(np.int64))
+        if mode == "train":
+            model.train()
+            opt = adam_for(model)
+            lossf = torch.nn.CrossEntropyLoss()
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                loss = lossf(model(xt), yt)
+                loss.backward()
+                opt.step()
+            t = _median_time(step, reps)
+        else:
+            model.eval()
+
+            def infer():
+                with torch.no_grad():
+                    torch.softmax(model(xt), dim=1)
+            t = _median_time(infer, reps)
+        out["torch"] = torch.__version__
+    elif fw == "ort":
+        import onnxruntime as ort
+        from ndlm_sk import to_onnx
+        clf = _fitted_classifier(size, 1)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(to_onnx(clf).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        t = _median_time(lambda: sess.run(None, {name: X}), reps)
+        out["onnxruntime"] = ort.__version__
+    else:
+        raise ValueError(fw)
+    out["seconds_per_batch"] = t
+    out["images_per_s"] = B / t
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def run_config(**cfg):
+    r = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"worker {cfg} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------- checks and peaks
+def check_same_outputs(size, threads):
+    """ours vs PyTorch vs onnxruntime on the same weights, then one Adam step ours vs PyTorch."""
+    import onnxruntime as ort
+    import torch
+    from ndlm_sk import to_onnx
+    from torch_ndlm import adam_for, build_torch, to_nchw
+    torch.set_num_threads(threads)
+    clf = _fitted_classifier(size, threads)
+    X, y = _images(8, size, seed=2)
+    p_ours = clf.predict_proba(X)
+    model = build_torch(clf.layers_, clf.image_shape_, clf.get_layer_params()).eval()
+    with torch.no_grad():
+        p_torch = torch.softmax(model(to_nchw(X, SCALE)), 1).numpy()
+    sess = ort.InferenceSession(to_onnx(clf).SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {sess.get_inputs()[0].name: X})
+    p_ort = next(o for o in outs if getattr(o, "dtype", None) == np.float32 and o.ndim == 2)
+    res = {"max_abs_diff_proba_torch": float(np.abs(p_ours - p_torch).max()),
+           "max_abs_diff_proba_onnxruntime": float(np.abs(p_ours - p_ort).max())}
+    # one training step from identical weights and a fresh Adam state on both sides
+    clf2 = _fitted_classifier(size, threads)
+    net = clf2._net
+    model2 = build_torch(clf2.layers_, clf2.image_shape_, clf2.get_layer_params()).train()
+    opt = adam_for(model2, lr=clf2.learning_rate_init, l2=clf2.alpha)
+    st = net.get_state()
+    st["adam_m"][:] = 0
+    st["adam_v"][:] = 0
+    st["adam_step"] = 0
+    net.set_state(st)
+    loss_ours, _ = net.train_step(X, np.arange(len(X)), y)
+    opt.zero_grad()
+    loss_t = torch.nn.CrossEntropyLoss()(model2(to_nchw(X, SCALE)), torch.from_numpy(y.astype(np.int64)))
+    loss_t.backward()
+    opt.step()
+    after = clf2.get_layer_params()
+    ref = build_torch(clf2.layers_, clf2.image_shape_, after)
+    diffs = [float((a - b).abs().max()) for a, b in zip(model2.parameters(), ref.parameters())]
+    res["loss_ours"] = float(loss_ours)
+    res["loss_torch"] = float(loss_t)
+    res["max_abs_diff_params_after_adam_step"] = max(diffs)
+    return res
+
+
+def gemm_peak(threads, n=2048, reps=5):
+    import torch
+    torch.set_num_threads(threads)
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    t = _median_time(lambda: torch.mm(a, b), reps, warmup=2)
+    return 2 * n**3 / t / 1e9
+
+
+def train_flops_per_image(layers, input_shape):
+    """Multiply-adds x 2 of conv and fc layers: forward once, backward twice (input and weights)."""
+    h, w, c = input_shape
+    fwd = 0
+    for s in layers:
+        if s["type"] == "conv":
+            kh, kw = s["kernel"]
+            h = (h + 2 * s["padding"] - kh) // s["stride"] + 1
+            w = (w + 2 * s["padding"] - kw) // s["stride"] + 1
+            fwd += 2 * s["filters"] * c * kh * kw * h * w
+            c = s["filters"]
+        elif s["type"] == "maxpool":
+            h = (h - s["pool"]) // s["stride"] + 1
+            w = (w - s["pool"]) // s["stride"] + 1
+        elif s["type"] == "fc":
+            fwd += 2 * c * h * w * s["units"]
+            c, h, w = s["units"], 1, 1
+    return fwd, 3 * fwd
+
+
+# ---------------------------------------------------------------------------- main
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--size", type=int, default=300)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--train-batches", default="16,32,128")
+    ap.add_argument("--infer-batches", default="1,64")
+    ap.add_argument("--scaling-sizes", default="150,300,450")
+    ap.add_argument("--out", default=None, help="folder for results.json and results.md")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    import ndlm_sk
+    import onnxruntime
+    import torch
+    T = args.threads
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": T, "python": platform.python_version(),
+            "ndlm_sk": ndlm_sk.__version__, "simd": ndlm_sk.simd_level(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "image_size": args.size,
+            "command": "python " + " ".join(sys.argv)}
+    print(json.dumps(info, indent=1), flush=True)
+    results = {"info": info}
+    results["checks"] = check_same_outputs(64, T)
+    print("checks:", results["checks"], flush=True)
+    results["gemm_peak_gflops"] = gemm_peak(T)
+    print(f"GEMM 2048^2 peak: {results['gemm_peak_gflops']:.1f} GFLOP/s", flush=True)
+
+    rows = []
+    for B in map(int, args.train_batches.split(",")):
+        for fw in ("ours", "torch"):
+            r = run_config(fw=fw, mode="train", batch=B, size=args.size, threads=T, reps=args.reps)
+            rows.append(r)
+            print(f"train B={B:4d} {fw:6s}: {r['images_per_s']:8.1f} img/s  peak {r['peak_rss_mb']:.0f} MB", flush=True)
+    for B in map(int, args.infer_batches.split(",")):
+        for fw in ("ours", "torch", "ort"):
+            reps = args.reps * (5 if B == 1 else 1)
+            r = run_config(fw=fw, mode="infer", batch=B, size=args.size, threads=T, reps=reps)
+            rows.append(r)
+            print(f"infer B={B:4d} {fw:6s}: {r['images_per_s']:8.1f} img/s  peak {r['peak_rss_mb']:.0f} MB", flush=True)
+    results["runs"] = rows
+
+    scaling = []
+    for size in map(int, args.scaling_sizes.split(",")):
+        for t in sorted({1, T}):
+            r = run_config(fw="ours", mode="train", batch=32, size=size, threads=t, reps=max(3, args.reps // 2))
+            scaling.append(r)
+            print(f"scaling size={size} threads={t}: {r['images_per_s']:.1f} img/s", flush=True)
+    results["scaling"] = scaling
+
+    from ndlm_sk import PRESETS, NDLMClassifier  # noqa: F401
+    clf = _fitted_classifier(64, 1)
+    fwd, train = train_flops_per_image(clf.layers_, (args.size, args.size, 3))
+    results["flops_per_image"] = {"forward": fwd, "train": train}
+    write_report(results, args.out)
+
+
+def write_report(results, out):
+    def get(fw, mode, B):
+        for r in results["runs"]:
+            if (r["fw"], r["mode"], r["batch"]) == (fw, mode, B):
+                return r
+    info = results["info"]
+    peak = results["gemm_peak_gflops"]
+    lines = [f"# NDLM speed: ndlm_sk vs PyTorch vs onnxruntime", "",
+             f"Command: `{info['command']}`", "",
+             f"CPU: {info['cpu']} ({info['cores']} cores), {info['threads']} threads for every framework; "
+             f"ndlm_sk {info['ndlm_sk']} ({info['simd']}), PyTorch {info['torch']}, onnxruntime {info['onnxruntime']}, "
+             f"Python {info['python']}. Input {info['image_size']}x{info['image_size']}x3, 5 classes. "
+             f"Median of the timed repetitions; each row in a fresh process.", "",
+             f"Same outputs first: max |p_ours - p_torch| = {results['checks']['max_abs_diff_proba_torch']:.2e}, "
+             f"max |p_ours - p_onnxruntime| = {results['checks']['max_abs_diff_proba_onnxruntime']:.2e}; after one "
+             f"Adam step from the same weights, max |w_ours - w_torch| = "
+             f"{results['checks']['max_abs_diff_params_after_adam_step']:.2e}.", "",
+             "| task | batch | ndlm_sk img/s | PyTorch img/s | onnxruntime img/s | ours / PyTorch | ours / onnxruntime | peak MB (ours / torch / ort) |",
+             "|---|---|---|---|---|---|---|---|"]
+    fl = results["flops_per_image"]["train"]
+    for r in results["runs"]:
+        if r["fw"] != "ours":
+            continue
+        t = get("torch", r["mode"], r["batch"])
+        o = get("ort", r["mode"], r["batch"]) if r["mode"] == "infer" else None
+        lines.append(
+            f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.1f} | {t['images_per_s']:.1f} | "
+            f"{o['images_per_s']:.1f} | " if o else
+            f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.1f} | {t['images_per_s']:.1f} | - | ")
+        lines[-1] += (f"{r['images_per_s'] / t['images_per_s']:.1f}x | "
+                      + (f"{r['images_per_s'] / o['images_per_s']:.1f}x | " if o else "- | ")
+                      + f"{r['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f}" + (f" / {o['peak_rss_mb']:.0f} |" if o else " / - |"))
+    lines += ["", f"Machine GEMM peak (PyTorch 2048x2048 float32 matmul, {info['threads']} threads): {peak:.0f} GFLOP/s. "
+              f"One training image costs {fl / 1e9:.3f} GFLOP (conv + fc, forward + 2x backward)."]
+    lines += ["", "| training batch | ndlm_sk GFLOP/s | % of GEMM peak |", "|---|---|---|"]
+    for r in results["runs"]:
+        if r["fw"] == "ours" and r["mode"] == "train":
+            g = r["images_per_s"] * fl / 1e9
+            lines.append(f"| {r['batch']} | {g:.1f} | {100 * g / peak:.0f}% |")
+    prof = get("ours", "train", 32) or next(r for r in results["runs"] if r["fw"] == "ours" and r["mode"] == "train")
+    steps = prof["steps"]
+    lines += ["", f"Per-layer time of one ndlm_sk training step (batch {prof['batch']}, ms per step):", "",
+              "| # | layer | forward ms | backward ms |", "|---|---|---|---|"]
+    for i, (name, (f, b)) in enumerate(zip(prof["layers"], prof["layer_seconds"])):
+        lines.append(f"| {i + 1} | {name} | {1e3 * f / steps:.1f} | {1e3 * b / steps:.1f} |")
+    lines += ["", "Scaling of ndlm_sk training (batch 32):", "", "| image size | threads | img/s | ms per image |",
+              "|---|---|---|---|"]
+    for r in results["scaling"]:
+        lines.append(f"| {r['size']} | {r['threads']} | {r['images_per_s']:.1f} | {1e3 / r['images_per_s']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
