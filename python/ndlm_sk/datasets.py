@@ -448,6 +448,16 @@ def _plan_duplicates(labels, rels, hashes):
 # --------------------------------------------------------------------------------------------
 
 
+def read_image(file, image_size=300):
+    """Decode one image file and resize it exactly as :func:`load_pbc` does.
+
+    Returns an RGB uint8 array of shape ``(height, width, 3)``; ``image_size`` is ``s`` or
+    ``(height, width)``. Raises the decoder's error (``OSError`` / ``PIL.UnidentifiedImageError``)
+    for a file that is not a readable image.
+    """
+    return _decode_image(file, _check_image_size(image_size))
+
+
 def _decode_image(file, size_hw):
     """Decode one image file to an RGB uint8 array of shape ``(h, w, 3)``."""
     from PIL import Image

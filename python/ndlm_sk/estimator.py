@@ -441,8 +441,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         net_state = state.pop("_net_state", None)
         self.__dict__.update(state)
         if net_state is not None:
+            saved_layers = state.get("layers_")
             self._build_network(self._seed)
+            if saved_layers is not None and [dict(l) for l in saved_layers] != list(self._net.layers):
+                raise ValueError("the saved layer stack (layers_) does not match the one the architecture parameter builds")
             self._net.set_state(net_state)
-            if list(self._net.layers) != list(self.layers_):
-                raise ValueError("the saved layer stack does not match the architecture parameter")
 

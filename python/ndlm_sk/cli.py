@@ -1,0 +1,466 @@
+"""The ``ndlm-sk`` command line (also ``python -m ndlm_sk``).
+
+Subcommands::
+
+    ndlm-sk train [--data FOLDER] [--image-size 300] [--epochs 100] ... [--save MODEL]
+    ndlm-sk export-onnx MODEL OUT.onnx [--input-dtype uint8|float32]
+    ndlm-sk predict MODEL IMAGE_OR_FOLDER... [--format csv|table] [--image-size auto]
+
+Models are saved and loaded by file extension: ``.ndlm`` (:func:`ndlm_sk.save_model`, plain
+arrays and JSON, safe to load from anyone) or ``.joblib`` / ``.pkl`` (joblib; loading a pickle
+can run code, so only load files you trust).
+
+Adding a subcommand: write ``_setup_<name>(subparsers)``, which adds the subparser and sets
+``run=<function taking the parsed args and returning an exit code>``, and list it in
+``_SUBCOMMANDS``.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PROG = "ndlm-sk"
+_SAFE_EXT = (".ndlm",)
+_PICKLE_EXT = (".joblib", ".pkl", ".pickle")
+_PREDICT_CHUNK = 64  # images decoded and predicted at a time (bounds memory)
+
+
+class CLIError(Exception):
+    """A user error: printed as ``ndlm-sk: error: ...`` with exit code 2."""
+
+
+# --------------------------------------------------------------------------------- helpers
+def _err(msg):
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _image_size(text):
+    """``N`` or ``HxW``, as (height, width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive integers, got {text!r}")
+    return tuple(parts)
+
+
+def _fraction(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return v
+
+
+def _check_model_path(path):
+    ext = Path(path).suffix.lower()
+    if ext not in _SAFE_EXT + _PICKLE_EXT:
+        raise CLIError(f"model file {path} must end in .ndlm (safe format) or .joblib")
+    return ext
+
+
+def save_model_file(clf, path):
+    """Save by extension: ``.ndlm`` with :func:`ndlm_sk.model_io.save_model`, else joblib."""
+    if _check_model_path(path) in _SAFE_EXT:
+        from .model_io import save_model
+
+        save_model(clf, path)
+    else:
+        import joblib
+
+        joblib.dump(clf, path)
+
+
+def load_model_file(path):
+    """Load by extension (``.ndlm`` safe format, ``.joblib`` / ``.pkl`` with joblib)."""
+    ext = _check_model_path(path)
+    if not os.path.isfile(path):
+        raise CLIError(f"model file not found: {path}")
+    if ext in _SAFE_EXT:
+        from .model_io import load_model
+
+        return load_model(path)
+    import joblib
+
+    from .estimator import NDLMClassifier
+
+    clf = joblib.load(path)
+    if not isinstance(clf, NDLMClassifier):
+        raise CLIError(f"{path} holds a {type(clf).__name__}, not an NDLMClassifier")
+    return clf
+
+
+def _resolve_architecture(value):
+    """A preset name, or a JSON file holding a list of layer dicts."""
+    from .architectures import PRESETS
+
+    if value in PRESETS:
+        return value
+    if value.lower().endswith(".json"):
+        try:
+            with open(value, encoding="utf-8") as f:
+                stack = json.load(f)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"cannot read the architecture file {value}: {e}") from None
+        if not isinstance(stack, list):
+            raise CLIError(f"{value} must hold a JSON list of layer objects")
+        return stack
+    raise CLIError(f"unknown architecture {value!r}: a preset ({', '.join(sorted(PRESETS))}) "
+                   f"or a .json file with a list of layers")
+
+
+def _print_report(y_true, y_pred, classes, extra, out):
+    """Overall accuracy, then ndlm_sk.report's tables (per-class precision, sensitivity,
+    specificity, F1, confusion matrix) as Markdown."""
+    from .report import classification_report_ndlm, to_markdown
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    n_right = int(np.sum(y_true == y_pred))
+    print(f"Test accuracy: {100.0 * n_right / len(y_true):.2f}% ({n_right}/{len(y_true)} images)",
+          file=out)
+    report = classification_report_ndlm(y_true, y_pred, labels=classes)
+    print(file=out)
+    print(to_markdown(report, extra=extra), file=out)
+
+
+# --------------------------------------------------------------------------------- train
+def _setup_train(sub):
+    p = sub.add_parser(
+        "train", help="train on an image folder (default: the embedded sample) and report",
+        description="Train NDLMClassifier on a PBC-style folder (one subfolder per class), hold "
+                    "out a stratified test part, print the test accuracy and per-class "
+                    "precision, sensitivity, specificity and F1, and optionally save the model.",
+    )
+    p.add_argument("--data", metavar="FOLDER",
+                   help="folder with one subfolder of images per class (default: the embedded "
+                        "200-image PBC sample)")
+    p.add_argument("--image-size", type=_image_size, default=(300, 300), metavar="N|HxW",
+                   help="resize every image to this size (default: 300, as the paper)")
+    p.add_argument("--epochs", type=_positive_int, default=100, help="epochs (default: 100)")
+    p.add_argument("--batch-size", type=_positive_int, default=128,
+                   help="mini-batch size (default: 128)")
+    p.add_argument("--learning-rate", type=float, default=1e-3,
+                   help="Adam's learning rate (default: 1e-3)")
+    p.add_argument("--test-size", type=_fraction, default=0.25,
+                   help="stratified held-out test fraction (default: 0.25; 0 trains on all)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the split, the weights and the shuffling (default: 0)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)")
+    p.add_argument("--architecture", default="ndlm", metavar="PRESET|FILE.json",
+                   help="a preset (ndlm, ndel, dfcn, dl, dftl, cdfl) or a JSON file with a "
+                        "list of layers (default: ndlm)")
+    p.add_argument("--save", metavar="MODEL",
+                   help="save the fitted model: MODEL.ndlm (safe format) or MODEL.joblib")
+    p.add_argument("--verbose", action="store_true", help="print one line per epoch")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args):
+    from sklearn.exceptions import ConvergenceWarning
+
+    from .datasets import load_pbc, load_pbc_sample, split_indices
+    from .estimator import NDLMClassifier
+
+    if args.save:
+        _check_model_path(args.save)  # fail before training, not after
+    if args.threads == 0:
+        raise CLIError("--threads must not be 0")
+    architecture = _resolve_architecture(args.architecture)
+    t0 = time.perf_counter()
+    if args.data is None:
+        X, y = load_pbc_sample(image_size=args.image_size)
+        source = "the embedded PBC sample"
+    else:
+        X, y = load_pbc(args.data, image_size=args.image_size, verbose=args.verbose)
+        source = args.data
+    h, w = args.image_size
+    print(f"Loaded {len(y)} images of {len(np.unique(y))} classes from {source} at {h}x{w} "
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    idx_train, _, idx_test = split_indices(y, (1.0 - args.test_size, 0.0, args.test_size),
+                                           random_state=args.seed)
+    clf = NDLMClassifier(
+        architecture, max_iter=args.epochs, batch_size=args.batch_size,
+        learning_rate_init=args.learning_rate, random_state=args.seed, n_jobs=args.threads,
+        verbose=args.verbose,
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # a fixed number of epochs is what was asked for: not a convergence problem
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X[idx_train], y[idx_train])
+    dt = time.perf_counter() - t0
+    print(f"Trained {clf.n_params_} parameters on {len(idx_train)} images for {clf.n_iter_} "
+          f"epochs in {dt:.1f} s; final training loss {clf.loss_:.4f}", flush=True)
+    if len(idx_test):
+        y_pred = clf.predict(X[idx_test])
+        extra = {
+            "data": source, "image size": f"{h}x{w}", "architecture": args.architecture,
+            "epochs": clf.n_iter_, "batch size": args.batch_size, "seed": args.seed,
+            "training images": len(idx_train), "test images": len(idx_test),
+            "training time (s)": round(dt, 1),
+        }
+        _print_report(y[idx_test], y_pred, clf.classes_, extra, sys.stdout)
+    if args.save:
+        save_model_file(clf, args.save)
+        print(f"Saved the model to {args.save}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- export-onnx
+def _setup_export_onnx(sub):
+    p = sub.add_parser(
+        "export-onnx", help="convert a saved model to ONNX",
+        description="Write a saved model as an ONNX file (opset 17) that onnxruntime runs "
+                    "without ndlm_sk: input 'images' (N, H, W, C); outputs 'label', "
+                    "'probabilities' and 'label_index'.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a .ndlm or .joblib model file")
+    p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+                   help="element type of the input images (default: uint8)")
+    p.set_defaults(run=_run_export_onnx)
+
+
+def _run_export_onnx(args):
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise CLIError("export-onnx needs the onnx package: pip install 'ndlm_sk[onnx]'") from None
+    from .onnx_export import to_onnx
+
+    clf = load_model_file(args.model)
+    to_onnx(clf, args.out, input_dtype=args.input_dtype)
+    h, w, c = clf.image_shape_
+    print(f"Wrote {args.out} ({os.path.getsize(args.out)} bytes): input 'images' "
+          f"(N, {h}, {w}, {c}) {args.input_dtype}; outputs 'label', 'probabilities' "
+          f"(N, {len(clf.classes_)}), 'label_index'; classes {list(map(str, clf.classes_))}")
+    return 0
+
+
+# --------------------------------------------------------------------------------- predict
+def _setup_predict(sub):
+    p = sub.add_parser(
+        "predict", help="classify image files or folders with a saved model",
+        description="Print one row per image: the file, the predicted class and the probability "
+                    "of each class. Folders are searched recursively for images (.jpg, .jpeg, "
+                    ".png, .tif, .tiff). Unreadable files are reported on stderr and skipped. "
+                    "Exit code 0 if at least one image was predicted, else 1.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a .ndlm or .joblib model file")
+    p.add_argument("paths", metavar="IMAGE_OR_FOLDER", nargs="+")
+    p.add_argument("--format", choices=("csv", "table"), default="csv",
+                   help="output format (default: csv)")
+    p.add_argument("--image-size", default="auto", metavar="auto|N|HxW",
+                   help="resize images to this size before predicting, as load_pbc does; "
+                        "'auto' (default) uses the size the model was trained on, which an "
+                        "explicit size must equal")
+    p.add_argument("--threads", type=int, default=None, help="threads of the C++ core")
+    p.set_defaults(run=_run_predict)
+
+
+def _image_files(paths):
+    """Expand folders (recursively, image extensions only, sorted); yield (path, error or None)."""
+    from .datasets import IMAGE_EXTENSIONS
+
+    for p in paths:
+        if os.path.isdir(p):
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if d != "__MACOSX")
+                found.extend(os.path.join(root, f) for f in files
+                             if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                yield p, "no image files in this folder"
+            for f in sorted(found):
+                yield f, None
+        elif os.path.exists(p):
+            yield p, None
+        else:
+            yield p, "no such file or folder"
+
+
+def read_image(path, size_hw, channels=3):
+    """Decode one image file and resize it to ``size_hw`` exactly as ``load_pbc`` does.
+
+    Returns a ``(height, width, channels)`` uint8 array (RGB for 3 channels, grayscale for 1).
+    """
+    if channels == 3:
+        from .datasets import read_image as read_rgb  # decodes and resizes as load_pbc does
+
+        return read_rgb(path, size_hw)
+    from PIL import Image
+
+    bilinear = getattr(Image, "Resampling", Image).BILINEAR
+    with Image.open(path) as im:
+        im = im.convert("L")
+    h, w = size_hw
+    if im.size != (w, h):
+        im = im.resize((w, h), bilinear, reducing_gap=None)
+    return np.asarray(im, dtype=np.uint8)[..., np.newaxis]
+
+
+def _run_predict(args):
+    clf = load_model_file(args.model)
+    if args.threads is not None:
+        if args.threads == 0:
+            raise CLIError("--threads must not be 0")
+        clf.n_jobs = args.threads
+    h, w, c = (int(s) for s in clf.image_shape_)
+    if args.image_size != "auto":
+        try:
+            size = _image_size(args.image_size)
+        except argparse.ArgumentTypeError as e:
+            raise CLIError(f"--image-size: {e}") from None
+        if size != (h, w):
+            raise CLIError(f"--image-size {size[0]}x{size[1]} differs from the {h}x{w} images the "
+                           f"model was trained on (use auto)")
+    if c not in (1, 3):
+        raise CLIError(f"the model takes {c}-channel images; predict reads RGB or grayscale files")
+    classes = [str(k) for k in clf.classes_]
+    out = sys.stdout
+    n_ok = n_bad = 0
+    rows = []  # for the table format (widths need every row)
+    writer = None
+    if args.format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["file", "predicted"] + classes)
+
+    def flush(files, images):
+        proba = clf.predict_proba(np.stack(images))
+        labels = clf.classes_[np.argmax(proba, axis=1)]
+        for f, lab, p in zip(files, labels, proba):
+            if writer is not None:
+                writer.writerow([f, lab] + [f"{v:.6f}" for v in p])
+            else:
+                rows.append([f, str(lab)] + [f"{v:.4f}" for v in p])
+        out.flush()
+
+    files, images = [], []
+    for path, error in _image_files(args.paths):
+        if error is None:
+            try:
+                images.append(read_image(path, (h, w), c))
+                files.append(path)
+            except Exception as e:  # noqa: BLE001 - any file Pillow cannot decode is skipped
+                error = f"{type(e).__name__}: {e}"
+        if error is not None:
+            n_bad += 1
+            _err(f"skipped {path}: {error}")
+            continue
+        n_ok += 1
+        if len(images) >= _PREDICT_CHUNK:
+            flush(files, images)
+            files, images = [], []
+    if images:
+        flush(files, images)
+    if writer is None and rows:
+        header = ["file", "predicted"] + classes
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+        print("  ".join(hd.ljust(wd) for hd, wd in zip(header, widths)).rstrip(), file=out)
+        for r in rows:
+            cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+            cells += [v.rjust(wd) for v, wd in zip(r[2:], widths[2:])]
+            print("  ".join(cells), file=out)
+    if n_bad:
+        _err(f"predicted {n_ok} image(s), skipped {n_bad}")
+    return 0 if n_ok else 1
+
+
+# --------------------------------------------------------------------------------- main
+def _setup_reproduce(sub):
+    p = sub.add_parser(
+        "reproduce", help="the paper's experiment: 50/25/25 split, train, select, test, report",
+        description="Reproduce the NDLM paper on a PBC folder: stratified 50/25/25 train / "
+                    "validation / test split, NDLM trained with Adam, the epoch with the best "
+                    "validation accuracy kept, the test part evaluated once, and a report "
+                    "(Tables I-II beside the paper's numbers, confusion matrix, learning curves "
+                    "as PNG, Markdown and JSON) written to --out. Checkpoints every epoch: "
+                    "running the same command again resumes an interrupted run.",
+    )
+    p.add_argument("--data", metavar="FOLDER", required=True,
+                   help="the PBC folder (one subfolder of images per class)")
+    p.add_argument("--out", metavar="DIR", default="ndlm-reproduction",
+                   help="output folder for checkpoints, report and model (default: ./ndlm-reproduction)")
+    p.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default: 100)")
+    p.add_argument("--patience", type=_positive_int, default=None,
+                   help="stop when the validation accuracy has not improved for this many epochs "
+                        "(default: run all epochs)")
+    p.add_argument("--image-size", type=_positive_int, default=300, help="image side (default: 300)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default: 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default: 0)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)")
+    p.add_argument("--architecture", default="ndlm", metavar="PRESET", help="layer stack preset (default: ndlm)")
+    p.set_defaults(run=_run_reproduce)
+
+
+def _run_reproduce(args):
+    from .reproduce import reproduce
+
+    if args.threads == 0:
+        raise CLIError("--threads must not be 0")
+    if not Path(args.data).is_dir():
+        raise CLIError(f"--data {args.data} is not a folder")
+    reproduce(args.data, args.out, epochs=args.epochs, patience=args.patience,
+              image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
+              threads=args.threads, architecture=args.architecture,
+              log=lambda msg: print(msg, flush=True))
+    return 0
+
+
+_SUBCOMMANDS = [_setup_train, _setup_export_onnx, _setup_predict, _setup_reproduce]
+
+
+def build_parser():
+    """The argparse parser with every subcommand of ``_SUBCOMMANDS``."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The NDLM white blood cell classifier: train, export to ONNX, predict.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for setup in _SUBCOMMANDS:
+        setup(sub)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (CLIError, ValueError, OSError) as e:
+        _err(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

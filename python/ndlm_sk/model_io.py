@@ -1,0 +1,370 @@
+"""Saving and loading fitted models in a format that runs no code when loaded.
+
+``joblib.dump`` / ``pickle`` work too, but loading a pickle can execute arbitrary code, so only
+load pickles you trust. :func:`save_model` writes an ``.ndlm`` file instead: plain data that
+:func:`load_model` reads without unpickling anything.
+
+The ``.ndlm`` format, version 1
+-------------------------------
+A ZIP archive (readable with any zip tool; ``numpy.load(path, allow_pickle=False)["a0"]``
+reads its arrays) holding:
+
+- ``header.json``: one UTF-8 JSON object (standard JSON: no NaN / Infinity literals)::
+
+      {"format": "ndlm_sk-model", "format_version": 1, "library_version": "0.1.0",
+       "estimator": "NDLMClassifier", "arrays": {"a0": {"dtype": "<f4", "shape": [174881]}, ...},
+       "state": {...}}
+
+  ``state`` is the estimator's ``__getstate__()`` (constructor parameters, fitted attributes and
+  ``_net_state``, the network's parameters, Adam moments and step, and batch-norm running
+  statistics), encoded as JSON where JSON has a type, and with one-key tagged objects otherwise:
+
+  - ``{"__array__": "a0"}``: the NumPy array stored in member ``a0.npy``;
+  - ``{"__objarray__": [...], "shape": [...]}``: an object array of JSON scalars (e.g. string
+    class labels given as Python objects);
+  - ``{"__tuple__": [...]}``: a tuple (JSON only has lists);
+  - ``{"__float__": "nan" | "inf" | "-inf"}``: a non-finite float;
+  - ``{"__npscalar__": value, "dtype": "<f8"}``: a NumPy scalar;
+  - ``{"__randomstate__": {...}}``: a ``numpy.random.RandomState`` (its ``get_state()``);
+  - ``{"__dict__": {...}}``: a dict that itself has exactly one key that is one of these tags.
+
+- ``<name>.npy``: one member per array, in NumPy's ``.npy`` format, never of object dtype.
+
+ZIP's CRC-32 of every member is verified on load, the arrays must have the dtypes and shapes the
+header declares, and the rebuilt network checks that the arrays fit the declared layer stack, so
+a truncated, corrupted or inconsistent file raises :class:`ValueError` with a reason.
+"""
+
+import io
+import json
+import math
+import os
+import secrets
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
+
+#: Value of the header's ``format`` field.
+FORMAT_NAME = "ndlm_sk-model"
+#: Version of the ``.ndlm`` format written by :func:`save_model` (and the only one read).
+FORMAT_VERSION = 1
+
+_HEADER = "header.json"
+_MAX_HEADER_BYTES = 64 << 20
+_NPY_HEADER_SLACK = 1 << 16  # bytes allowed for an .npy member's own header
+_TAGS = ("__array__", "__objarray__", "__tuple__", "__float__", "__npscalar__",
+         "__randomstate__", "__dict__")
+
+
+def _library_version():
+    try:
+        from . import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------- encoding
+def _is_json_scalar(v):
+    return v is None or isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _encode(obj, arrays, where):
+    if isinstance(obj, np.generic):  # first: np.float64 is also a float, np.bool_ is not a bool
+        if obj.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: NumPy scalars of dtype {obj.dtype} are not supported")
+        return {"__npscalar__": _encode(obj.item(), arrays, where), "dtype": obj.dtype.str}
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        return int(obj)
+    if isinstance(obj, float):
+        if math.isfinite(obj):
+            return float(obj)
+        return {"__float__": "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "O":
+            vals = obj.ravel().tolist()
+            if not all(_is_json_scalar(v) for v in vals):
+                raise TypeError(f"{where}: object array with values that are not str, int, "
+                                f"finite float, bool or None")
+            return {"__objarray__": vals, "shape": list(obj.shape)}
+        if obj.dtype.kind not in "biufcUS" or obj.dtype.fields is not None:
+            raise TypeError(f"{where}: arrays of dtype {obj.dtype} are not supported")
+        name = f"a{len(arrays)}"
+        arrays[name] = np.ascontiguousarray(obj)
+        return {"__array__": name}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: dict keys must be str, got {k!r}")
+            out[k] = _encode(v, arrays, f"{where}[{k!r}]")
+        if any(k in _TAGS for k in out):
+            return {"__dict__": out}
+        return out
+    if isinstance(obj, np.random.RandomState):
+        kind, keys, pos, has_gauss, cached = obj.get_state()
+        return {"__randomstate__": {
+            "kind": kind, "keys": _encode(keys, arrays, where), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": _encode(float(cached), arrays, where),
+        }}
+    raise TypeError(f"{where}: cannot store a {type(obj).__name__} in an .ndlm file "
+                    f"(use joblib for such models)")
+
+
+def _decode(obj, arrays, where="state"):
+    if isinstance(obj, list):
+        return [_decode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if not isinstance(obj, dict):
+        return obj
+    tag = next((k for k in obj if k in _TAGS), None)
+    if tag == "__array__":
+        name = obj[tag]
+        if not isinstance(name, str) or name not in arrays:
+            raise ValueError(f"{where}: refers to a missing array {name!r}")
+        return arrays[name]
+    if tag == "__objarray__":
+        vals, shape = obj[tag], obj.get("shape")
+        if not isinstance(vals, list) or not all(_is_json_scalar(v) for v in vals):
+            raise ValueError(f"{where}: bad object array")
+        arr = np.empty(len(vals), dtype=object)
+        arr[:] = vals
+        try:
+            return arr.reshape([int(s) for s in shape])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: bad object array shape {shape!r}") from None
+    if tag == "__tuple__" and len(obj) == 1:
+        if not isinstance(obj[tag], list):
+            raise ValueError(f"{where}: bad tuple")
+        return tuple(_decode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj[tag]))
+    if tag == "__float__" and len(obj) == 1:
+        try:
+            return float({"nan": "nan", "inf": "inf", "-inf": "-inf"}[obj[tag]])
+        except (KeyError, TypeError):
+            raise ValueError(f"{where}: bad float {obj[tag]!r}") from None
+    if tag == "__npscalar__":
+        try:
+            return np.dtype(obj["dtype"]).type(_decode(obj[tag], arrays, where))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise ValueError(f"{where}: bad NumPy scalar {obj!r}") from None
+    if tag == "__randomstate__" and len(obj) == 1:
+        s = obj[tag]
+        try:
+            rs = np.random.RandomState()
+            rs.set_state((str(s["kind"]), _decode(s["keys"], arrays, where), int(s["pos"]),
+                          int(s["has_gauss"]), float(_decode(s["cached_gaussian"], arrays, where))))
+            return rs
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where}: bad RandomState") from None
+    if tag == "__dict__" and len(obj) == 1:
+        if not isinstance(obj[tag], dict):
+            raise ValueError(f"{where}: bad dict")
+        obj = obj[tag]
+    return {k: _decode(v, arrays, f"{where}[{k!r}]") for k, v in obj.items()}
+
+
+# ----------------------------------------------------------------------------- saving
+def save_model(estimator, path):
+    """Save an :class:`~ndlm_sk.NDLMClassifier` (fitted or not) to an ``.ndlm`` file.
+
+    The file holds arrays and JSON only (see :mod:`ndlm_sk.model_io` for the format); load it
+    with :func:`load_model`. Everything needed to predict and to continue training with
+    ``partial_fit`` or ``warm_start`` is saved, including the Adam optimizer state.
+
+    Parameters
+    ----------
+    estimator : NDLMClassifier
+    path : str, path-like or writable binary file object
+        A path is written atomically (a temporary file in the same folder, then renamed).
+    """
+    from .estimator import NDLMClassifier
+
+    if not isinstance(estimator, NDLMClassifier):
+        raise TypeError(f"save_model saves an NDLMClassifier, got {type(estimator).__name__}")
+    arrays = {}
+    state = _encode(estimator.__getstate__(), arrays, "state")
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": _library_version(),
+        "estimator": type(estimator).__name__,
+        "arrays": {k: {"dtype": a.dtype.str, "shape": list(a.shape)} for k, a in arrays.items()},
+        "state": state,
+    }
+    blob = json.dumps(header, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+            zf.writestr(_HEADER, blob)
+            for name, a in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, a, allow_pickle=False)
+                zf.writestr(f"{name}.npy", buf.getvalue())
+
+    if hasattr(path, "write"):
+        write(path)
+        return
+    target = Path(os.fspath(path))
+    # a new file next to the target (so the rename is atomic), created with the usual permissions
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ----------------------------------------------------------------------------- loading
+def _bad(path, reason):
+    return ValueError(f"{path} is not a valid ndlm_sk model file: {reason}")
+
+
+def _read_member(zf, name, limit, path):
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise _bad(path, f"member {name!r} is missing") from None
+    if info.file_size > limit:
+        raise _bad(path, f"member {name!r} is larger ({info.file_size} bytes) than declared")
+    try:
+        return zf.read(info)  # verifies the member's CRC-32
+    except Exception as e:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, OSError, ...
+        raise _bad(path, f"member {name!r} is corrupt ({type(e).__name__}: {e})") from None
+
+
+def load_model(path):
+    """Load a model written by :func:`save_model`; no code from the file is executed.
+
+    Parameters
+    ----------
+    path : str, path-like or readable binary file object
+
+    Returns
+    -------
+    estimator : NDLMClassifier
+        Predicts exactly as the saved one and continues training (``partial_fit``) exactly as
+        it would have.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a ZIP archive, is truncated or corrupted, has an unknown format
+        version, or its arrays do not fit the declared layer stack.
+    """
+    from .estimator import NDLMClassifier
+
+    shown = str(getattr(path, "name", "<file>")) if hasattr(path, "read") else os.fspath(path)
+    try:
+        zf = zipfile.ZipFile(path if hasattr(path, "read") else os.fspath(path), "r")
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - BadZipFile, EOFError, NotImplementedError, ...
+        raise _bad(shown, f"not a ZIP archive or truncated ({type(e).__name__}: {e})") from None
+    with zf:
+        raw = _read_member(zf, _HEADER, _MAX_HEADER_BYTES, shown)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise _bad(shown, f"header.json is not valid JSON ({e})") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+            raise _bad(shown, f"header.json does not declare format {FORMAT_NAME!r}")
+        version = header.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{shown} has model format version {version!r} (written by ndlm_sk "
+                f"{header.get('library_version', '?')}); this ndlm_sk ({_library_version()}) reads "
+                f"format version {FORMAT_VERSION} only"
+            )
+        if header.get("estimator") != NDLMClassifier.__name__:
+            raise _bad(shown, f"it holds a {header.get('estimator')!r}, not an NDLMClassifier")
+        decl = header.get("arrays")
+        if not isinstance(decl, dict):
+            raise _bad(shown, "header.json lacks the array table")
+        arrays = {}
+        for name, d in decl.items():
+            try:
+                dtype = np.dtype(d["dtype"])
+                shape = tuple(int(s) for s in d["shape"])
+                if dtype.kind not in "biufcUS" or dtype.fields is not None or any(s < 0 for s in shape):
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                raise _bad(shown, f"bad declaration of array {name!r}: {d!r}") from None
+            nbytes = math.prod(shape) * dtype.itemsize
+            data = _read_member(zf, f"{name}.npy", nbytes + _NPY_HEADER_SLACK, shown)
+            try:
+                a = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+            except Exception as e:  # noqa: BLE001 - any malformed .npy content
+                raise _bad(shown, f"array {name!r} is unreadable ({type(e).__name__}: {e})") from None
+            if a.dtype != dtype or a.shape != shape:
+                raise _bad(shown, f"array {name!r} is {a.dtype} {a.shape}, declared {dtype} {shape}")
+            arrays[name] = a if a.flags.writeable else a.copy()
+        try:
+            state = _decode(header.get("state"), arrays)
+        except (TypeError, RecursionError) as e:
+            raise _bad(shown, f"bad state ({e})") from None
+        except ValueError as e:
+            raise _bad(shown, str(e)) from None
+    if not isinstance(state, dict):
+        raise _bad(shown, "the state is not an object")
+    _check_state(state, shown)
+    est = NDLMClassifier.__new__(NDLMClassifier)
+    try:
+        est.__setstate__(state)
+    except MemoryError:
+        raise _bad(shown, "the declared layer stack is too large to build") from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
+            RuntimeError) as e:
+        raise _bad(shown, f"the saved arrays do not fit the declared model ({e})") from None
+    # __setstate__ rebuilds layers_ from the architecture: the saved stack must be that one
+    if "_net_state" in state and list(est.layers_) != list(state["layers_"]):
+        raise _bad(shown, "the saved layer stack (layers_) does not match the architecture "
+                          "the network was rebuilt from")
+    return est
+
+
+def _check_state(state, shown):
+    """Type checks of the fields __setstate__ relies on, so a bad file gives a clear error."""
+    if "_net_state" not in state:
+        return  # an unfitted estimator: nothing to rebuild
+    need = ("_net_state", "_seed", "classes_", "image_shape_", "layers_", "architecture",
+            "input_scale", "n_jobs")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise _bad(shown, f"the state lacks {missing}")
+    ns = state["_net_state"]
+    if not isinstance(ns, dict) or not all(
+        isinstance(ns.get(k), np.ndarray) for k in ("params", "adam_m", "adam_v", "running")
+    ):
+        raise _bad(shown, "the network state lacks its arrays")
+    shape = state["image_shape_"]
+    if not (isinstance(shape, tuple) and len(shape) == 3
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise _bad(shown, f"bad image_shape_ {shape!r}")
+    classes = state["classes_"]
+    if not isinstance(classes, np.ndarray) or classes.ndim != 1 or len(classes) < 2:
+        raise _bad(shown, "classes_ must be an array of at least 2 labels")
+    if not isinstance(state["_seed"], int) or isinstance(state["_seed"], bool):
+        raise _bad(shown, f"bad _seed {state['_seed']!r}")
+    if not isinstance(state["layers_"], list):
+        raise _bad(shown, "layers_ must be a list of layer specs")
+    n_jobs = state["n_jobs"]
+    if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool)
+                               or n_jobs == 0 or abs(n_jobs) > 4096):
+        raise _bad(shown, f"bad n_jobs {n_jobs!r}")
+    n_params = state.get("n_params_")
+    if isinstance(n_params, int) and ns["params"].size != n_params:
+        raise _bad(shown, f"{ns['params'].size} parameters stored but n_params_={n_params}")

@@ -1,0 +1,188 @@
+"""The ndlm-sk command line, run in-process on tiny data."""
+
+import contextlib
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from ndlm_sk import __version__
+from ndlm_sk.cli import build_parser, main
+from ndlm_sk.datasets import load_pbc, pbc_sample_path
+from ndlm_sk.estimator import NDLMClassifier
+from ndlm_sk.model_io import load_model
+
+CLASSES = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+TRAIN = ["train", "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--threads", "1"]
+
+
+def run(*argv):
+    """main(argv) in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    model = workdir / "m.ndlm"
+    code, out, err = run(*TRAIN, "--save", model)
+    assert code == 0, err
+    return model, out
+
+
+@pytest.fixture(scope="module")
+def image_folder(workdir):
+    """A few sample images in class folders (so load_pbc reads the same files), a nested folder,
+    an unreadable .jpg and a non-image file."""
+    root = workdir / "images"
+    for c in ("basophil", "monocyte"):
+        (root / c).mkdir(parents=True)
+        for f in sorted((pbc_sample_path() / c).glob("*.jpg"))[:3]:
+            shutil.copy(f, root / c / f.name)
+    (root / "monocyte" / "deeper").mkdir()
+    shutil.copy(sorted((pbc_sample_path() / "eosinophil").glob("*.jpg"))[0],
+                root / "monocyte" / "deeper" / "eo.jpg")
+    (root / "basophil" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "basophil" / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def test_train_reports_and_saves(trained):
+    model, out = trained
+    assert "Loaded 200 images" in out and "embedded PBC sample" in out
+    assert "Test accuracy:" in out and "/50 images)" in out  # stratified 25 % of 200
+    for word in ("Precision", "Sensitivity", "Specificity", "F1"):
+        assert word in out
+    for c in CLASSES:
+        assert c.capitalize() in out
+    assert f"Saved the model to {model}" in out
+    clf = load_model(model)
+    assert clf.image_shape_ == (32, 32, 3) and clf.n_iter_ == 1 and list(clf.classes_) == CLASSES
+
+
+def test_train_joblib_other_architecture_and_folder(workdir, image_folder):
+    path = workdir / "m.joblib"
+    with pytest.warns(UserWarning, match="broken.jpg"):  # load_pbc's PBCDataWarning
+        code, out, err = run(*TRAIN, "--architecture", "dfcn", "--test-size", "0.3", "--seed", "3",
+                             "--data", image_folder, "--save", path)
+    assert code == 0, err
+    assert "Loaded 6 images of 2 classes" in out  # load_pbc reads <class>/<file> only
+    clf = joblib.load(path)
+    assert isinstance(clf, NDLMClassifier) and clf.architecture == "dfcn"
+    assert list(clf.classes_) == ["basophil", "monocyte"]
+
+
+def test_predict_folder_skips_unreadable(trained, image_folder):
+    model, _ = trained
+    code, out, err = run("predict", model, image_folder, image_folder / "missing.jpg")
+    assert code == 0
+    assert "broken.jpg" in err and "missing.jpg" in err and "skipped 2" in err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["file", "predicted"] + CLASSES
+    rows = rows[1:]
+    assert len(rows) == 7 and not any("notes.txt" in r[0] for r in rows)
+    assert any(r[0].endswith(os.path.join("deeper", "eo.jpg")) for r in rows)  # recursive
+    # the same numbers as the estimator on images loaded by load_pbc (same resizing)
+    clf = load_model(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # load_pbc warns about broken.jpg
+        X, _, paths = load_pbc(image_folder, 32, cache=False, return_paths=True)
+    expected = dict(zip(paths, clf.predict_proba(X)))
+    found = 0
+    for r in rows:
+        rel = Path(r[0]).relative_to(image_folder).as_posix()
+        if rel in expected:
+            found += 1
+            np.testing.assert_allclose([float(v) for v in r[2:]], expected[rel], atol=1e-6)
+            assert r[1] == CLASSES[int(np.argmax(expected[rel]))]
+    assert found == 6
+
+
+def test_predict_table_and_single_file(trained, image_folder):
+    model, _ = trained
+    f = image_folder / "basophil" / sorted(os.listdir(image_folder / "basophil"))[0]
+    code, out, err = run("predict", model, f, "--format", "table", "--image-size", "32")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ["file", "predicted"] + CLASSES
+    assert len(lines) == 2 and lines[1].startswith(str(f))
+    assert abs(sum(float(v) for v in lines[1].split()[2:]) - 1) < 1e-3
+
+
+def test_predict_nothing_readable(trained, image_folder):
+    model, _ = trained
+    code, out, err = run("predict", model, image_folder / "basophil" / "broken.jpg")
+    assert code == 1 and "broken.jpg" in err
+    code, _, err = run("predict", model, image_folder / "nothing-here")
+    assert code == 1 and "no such file" in err
+
+
+def test_predict_user_errors(trained, image_folder, workdir):
+    model, _ = trained
+    code, _, err = run("predict", model, image_folder, "--image-size", "64")
+    assert code == 2 and "differs from the 32x32" in err
+    code, _, err = run("predict", workdir / "m.txt", image_folder)
+    assert code == 2 and ".ndlm" in err
+    bad = workdir / "corrupt.ndlm"
+    bad.write_bytes(model.read_bytes()[:500])
+    code, _, err = run("predict", bad, image_folder)
+    assert code == 2 and "not a valid ndlm_sk model" in err
+    with pytest.raises(SystemExit):
+        with contextlib.redirect_stderr(io.StringIO()):
+            main(["predict", str(model), str(image_folder), "--format", "xml"])
+
+
+def test_export_onnx(trained, workdir):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model, _ = trained
+    out_path = workdir / "m.onnx"
+    code, out, err = run("export-onnx", model, out_path)
+    assert code == 0, err
+    assert "'images' (N, 32, 32, 3) uint8" in out
+    clf = load_model(model)
+    X = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    sess = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    label, proba, _ = sess.run(None, {"images": X})
+    np.testing.assert_allclose(proba, clf.predict_proba(X), atol=1e-4)
+    np.testing.assert_array_equal(label, clf.predict(X))
+    code, _, err = run("export-onnx", model, workdir / "f.onnx", "--input-dtype", "float32")
+    assert code == 0, err
+
+
+def test_parser_structure():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) >= {"train", "export-onnx", "predict"}
+    with pytest.raises(SystemExit):
+        with contextlib.redirect_stderr(io.StringIO()):
+            main([])  # a subcommand is required
+    with pytest.raises(SystemExit):
+        with contextlib.redirect_stderr(io.StringIO()):
+            main(["train", "--test-size", "1.5"])
+
+
+def test_python_dash_m():
+    import ndlm_sk
+
+    env = dict(os.environ)
+    src = str(Path(ndlm_sk.__file__).resolve().parents[1])  # where this process found ndlm_sk
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-m", "ndlm_sk", "--version"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == f"ndlm-sk {__version__}"

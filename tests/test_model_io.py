@@ -1,0 +1,354 @@
+"""The .ndlm model files: exact round trips, continued training, and clear errors on bad files."""
+
+import copy
+import io
+import json
+import math
+import warnings
+import zipfile
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+from ndlm_sk import __version__
+from ndlm_sk.datasets import load_pbc_sample
+from ndlm_sk.estimator import NDLMClassifier
+from ndlm_sk.model_io import FORMAT_VERSION, _decode, _encode, load_model, save_model
+
+SMALL = [
+    {"type": "batchnorm"},
+    {"type": "conv", "filters": 4, "kernel": (3, 5), "stride": 2, "padding": 1},
+    {"type": "relu"},
+    {"type": "maxpool", "pool": 3, "stride": 3},
+    {"type": "fc"},
+    {"type": "softmax"},
+]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_pbc_sample(image_size=32)
+
+
+def _fit(data, arch="ndlm", y=None, **kw):
+    X, y0 = data
+    params = dict(max_iter=1, batch_size=32, random_state=0, n_jobs=1)
+    params.update(kw)
+    clf = NDLMClassifier(arch, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return clf.fit(X, y0 if y is None else y)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return _fit(data)
+
+
+@pytest.fixture(scope="module")
+def model_file(fitted, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "m.ndlm"
+    save_model(fitted, path)
+    return path
+
+
+def _assert_same_params(a, b):
+    pa, pb = a.get_params(), b.get_params()
+    ra, rb = pa.pop("random_state"), pb.pop("random_state")
+    assert pa == pb
+    if isinstance(ra, np.random.RandomState):
+        assert isinstance(rb, np.random.RandomState)
+        sa, sb = ra.get_state(), rb.get_state()
+        assert sa[0] == sb[0] and sa[2:] == sb[2:]
+        np.testing.assert_array_equal(sa[1], sb[1])
+    else:
+        assert ra == rb
+
+
+def _assert_same_model(a, b, X):
+    _assert_same_params(a, b)
+    np.testing.assert_array_equal(a.classes_, b.classes_)
+    assert a.classes_.dtype == b.classes_.dtype
+    for name in ("image_shape_", "layers_", "n_iter_", "t_", "loss_curve_", "train_scores_",
+                 "n_params_", "n_features_in_", "_seed", "loss_"):
+        assert getattr(a, name) == getattr(b, name), name
+    sa, sb = a._net.get_state(), b._net.get_state()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k], sb[k])
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_round_trip_is_exact(fitted, model_file, data):
+    X, _ = data
+    loaded = load_model(model_file)
+    _assert_same_model(fitted, loaded, X)
+    np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
+    with zipfile.ZipFile(model_file) as zf:
+        header = json.loads(zf.read("header.json"))
+    assert header["format"] == "ndlm_sk-model"
+    assert header["format_version"] == FORMAT_VERSION == 1
+    assert header["library_version"] == __version__
+    # the arrays are plain .npy members, readable by numpy without pickle
+    with np.load(model_file, allow_pickle=False) as npz:
+        assert npz["a0"].dtype.kind in "fU"
+
+
+def test_partial_fit_continues_exactly(fitted, data, tmp_path):
+    X, y = data
+    a = copy.deepcopy(fitted)  # (the module's model stays as it is)
+    path = tmp_path / "m.ndlm"
+    save_model(a, path)
+    b = load_model(path)
+    a.partial_fit(X[:96], y[:96])
+    b.partial_fit(X[:96], y[:96])
+    assert b.t_ == a.t_ and b._net.get_state()["adam_step"] == a._net.get_state()["adam_step"]
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    # warm_start fit also continues from the saved weights and Adam state
+    a.set_params(warm_start=True, max_iter=1)
+    b.set_params(warm_start=True, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a.fit(X[:96], y[:96])
+        b.fit(X[:96], y[:96])
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_other_labels_stacks_and_attributes(data):
+    """int labels, object-dtype labels, a tuple kernel in a custom stack, early stopping
+    (None / -inf / float attributes), a RandomState, and a file object instead of a path."""
+    X, y = data
+    codes = {c: i for i, c in enumerate(sorted(set(y)))}
+    y_obj = np.array(list(y), dtype=object)
+    for labels, kw in (
+        (np.array([codes[c] for c in y]), dict(random_state=np.random.RandomState(5))),
+        (y_obj, dict(early_stopping=True, max_iter=2, image_shape=(32, 32, 3))),
+    ):
+        clf = _fit(data, SMALL, y=labels, **kw)
+        buf = io.BytesIO()
+        save_model(clf, buf)
+        buf.seek(0)
+        loaded = load_model(buf)
+        _assert_same_model(clf, loaded, X)
+        assert loaded.validation_scores_ == clf.validation_scores_
+        assert type(loaded.random_state) is type(clf.random_state)
+    assert loaded.architecture == SMALL
+    assert isinstance(loaded.architecture[1]["kernel"], tuple)
+
+
+def test_unfitted_round_trip(tmp_path):
+    clf = NDLMClassifier("dfcn", max_iter=3, image_shape=(8, 8, 3))
+    save_model(clf, tmp_path / "u.ndlm")
+    loaded = load_model(tmp_path / "u.ndlm")
+    _assert_same_params(loaded, clf)
+    assert not hasattr(loaded, "classes_")
+
+
+def test_generic_encoding_round_trip():
+    arrays = {}
+    state = {
+        "t": (1, (2.5, "x"), [None, True]),
+        "f": [math.inf, -math.inf, 1e-300],
+        "n": math.nan,
+        "np": [np.float64(0.1), np.int32(-3), np.bool_(True), np.float32(1.5)],
+        "tag_lookalike": {"__tuple__": [1, 2]},
+        "two_keys": {"__array__": "a0", "other": 1},
+        "arr": np.arange(6, dtype=np.int16).reshape(2, 3),
+        "strs": np.array(["a", "bé"]),
+        "objs": np.array(["x", 3, None], dtype=object),
+        "empty": np.zeros((0, 2)),
+    }
+    enc = _encode(state, arrays, "state")
+    text = json.dumps(enc, allow_nan=False)  # standard JSON only
+    dec = _decode(json.loads(text), arrays)
+    assert dec["t"] == (1, (2.5, "x"), [None, True])
+    assert dec["f"] == [math.inf, -math.inf, 1e-300] and math.isnan(dec["n"])
+    assert [type(v) for v in dec["np"]] == [np.float64, np.int32, np.bool_, np.float32]
+    assert dec["np"][0] == np.float64(0.1) and dec["np"][3] == np.float32(1.5)
+    assert dec["tag_lookalike"] == {"__tuple__": [1, 2]}
+    assert dec["two_keys"] == {"__array__": "a0", "other": 1}
+    for k in ("arr", "strs", "objs", "empty"):
+        assert dec[k].dtype == state[k].dtype and dec[k].shape == state[k].shape
+        np.testing.assert_array_equal(dec[k], state[k])
+    with pytest.raises(TypeError, match="cannot store"):
+        _encode({"f": lambda: 0}, {}, "state")
+    with pytest.raises(TypeError, match="object array"):
+        _encode(np.array([object()]), {}, "state")
+
+
+# ----------------------------------------------------------------------------- broken files
+def _members(path):
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _write(path, members):
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, b in members.items():
+            zf.writestr(n, b)
+
+
+def _edit_header(src, dst, edit):
+    m = _members(src)
+    header = json.loads(m["header.json"])
+    edit(header)
+    m["header.json"] = json.dumps(header).encode()
+    _write(dst, m)
+
+
+def test_not_a_zip_empty_or_missing(tmp_path):
+    bad = tmp_path / "bad.ndlm"
+    bad.write_text("this is not a model")
+    with pytest.raises(ValueError, match="not a ZIP"):
+        load_model(bad)
+    bad.write_bytes(b"")
+    with pytest.raises(ValueError, match="not a valid ndlm_sk model"):
+        load_model(bad)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.ndlm")
+    # a zip that is not a model
+    _write(bad, {"readme.txt": b"hello"})
+    with pytest.raises(ValueError, match="header.json"):
+        load_model(bad)
+    # a joblib pickle given to load_model is rejected, never unpickled
+    joblib.dump({"a": 1}, tmp_path / "p.ndlm")
+    with pytest.raises(ValueError, match="not a valid ndlm_sk model"):
+        load_model(tmp_path / "p.ndlm")
+
+
+def test_truncated(model_file, tmp_path):
+    blob = model_file.read_bytes()
+    bad = tmp_path / "t.ndlm"
+    for n in (10, 100, len(blob) // 3, len(blob) // 2, len(blob) - 30, len(blob) - 1):
+        bad.write_bytes(blob[:n])
+        with pytest.raises(ValueError, match="not a valid ndlm_sk model"):
+            load_model(bad)
+
+
+def test_flipped_bytes(model_file, data, tmp_path):
+    """A flipped byte anywhere gives a ValueError, or (in the few zip fields that no checksum
+    covers, such as timestamps) a model identical to the original: never a crash or a silently
+    different model."""
+    X, _ = data
+    blob = bytearray(model_file.read_bytes())
+    expected = load_model(model_file).predict_proba(X[:8])
+    bad = tmp_path / "f.ndlm"
+    rng = np.random.default_rng(0)
+    errors = 0
+    positions = sorted(set(rng.integers(0, len(blob), 60).tolist()))
+    for pos in positions:
+        flipped = bytearray(blob)
+        flipped[pos] ^= 0x5A
+        bad.write_bytes(bytes(flipped))
+        try:
+            model = load_model(bad)
+        except ValueError as e:
+            assert "model" in str(e)
+            errors += 1
+            continue
+        np.testing.assert_array_equal(model.predict_proba(X[:8]), expected)
+    assert errors >= 0.8 * len(positions)
+
+
+def test_wrong_format_version(model_file, tmp_path):
+    bad = tmp_path / "v.ndlm"
+    _edit_header(model_file, bad, lambda h: h.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ValueError, match="format version 2 .*reads format version 1"):
+        load_model(bad)
+    _edit_header(model_file, bad, lambda h: h.pop("format_version"))
+    with pytest.raises(ValueError, match="format version None"):
+        load_model(bad)
+    _edit_header(model_file, bad, lambda h: h.update(format="something-else"))
+    with pytest.raises(ValueError, match="does not declare format"):
+        load_model(bad)
+
+
+def test_arrays_that_do_not_fit_the_architecture(data, tmp_path):
+    clf = _fit(data, SMALL)
+    src = tmp_path / "small.ndlm"
+    save_model(clf, src)
+    bad = tmp_path / "bigger.ndlm"
+
+    def bigger_conv(h):  # declared stack with more filters than the stored weights
+        for stack in (h["state"]["architecture"], h["state"]["layers_"]):
+            stack[1]["filters"] = 6
+    _edit_header(src, bad, bigger_conv)
+    with pytest.raises(ValueError, match="do not fit the declared model.*params: expected"):
+        load_model(bad)
+
+    _edit_header(src, bad, lambda h: h["state"]["layers_"][1].update(filters=6))
+    with pytest.raises(ValueError, match=r"layer stack \(layers_\) does not match"):
+        load_model(bad)
+
+    _edit_header(src, bad, lambda h: h["state"].update(image_shape_={"__tuple__": [40, 40, 3]}))
+    with pytest.raises(ValueError, match="do not fit the declared model"):
+        load_model(bad)
+
+    _edit_header(src, bad, lambda h: h["state"]["architecture"].append({"type": "warp"}))
+    with pytest.raises(ValueError, match="unknown layer type"):
+        load_model(bad)
+
+    _edit_header(src, bad, lambda h: h["state"].update(image_shape_=[32, 32, 3]))
+    with pytest.raises(ValueError, match="image_shape_"):
+        load_model(bad)
+
+    _edit_header(src, bad, lambda h: h["state"].pop("_net_state") and h["state"].pop("_seed")
+                 or h["state"].update(_net_state={}))
+    with pytest.raises(ValueError, match="lacks"):
+        load_model(bad)
+
+
+def test_array_table_inconsistencies(model_file, tmp_path):
+    bad = tmp_path / "a.ndlm"
+    # declared shape differs from the stored array
+    def shrink(h):
+        name = next(k for k, d in h["arrays"].items() if d["dtype"] == "<f4")
+        h["arrays"][name]["shape"] = [3]
+    _edit_header(model_file, bad, shrink)
+    with pytest.raises(ValueError, match="declared|larger"):
+        load_model(bad)
+    # an object (pickle) array is refused by declaration
+    _edit_header(model_file, bad, lambda h: h["arrays"]["a0"].update(dtype="|O"))
+    with pytest.raises(ValueError, match="bad declaration"):
+        load_model(bad)
+    # a missing member, a reference to an undeclared array, a header that is not JSON
+    m = _members(model_file)
+    del m["a1.npy"]
+    _write(bad, m)
+    with pytest.raises(ValueError, match="missing"):
+        load_model(bad)
+    _edit_header(model_file, bad, lambda h: h["state"].update(classes_={"__array__": "zz"}))
+    with pytest.raises(ValueError, match="missing array"):
+        load_model(bad)
+    m = _members(model_file)
+    m["header.json"] = b"{not json"
+    _write(bad, m)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_model(bad)
+    # an .npy member holding a pickled object array
+    m = _members(model_file)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    header = json.loads(m["header.json"])
+    name = next(iter(header["arrays"]))
+    m[f"{name}.npy"] = buf.getvalue()
+    _write(bad, m)
+    with pytest.raises(ValueError, match="not a valid ndlm_sk model"):
+        load_model(bad)
+
+
+def test_joblib_still_works(fitted, data, tmp_path):
+    X, _ = data
+    joblib.dump(fitted, tmp_path / "m.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "m.joblib").predict_proba(X),
+                                  fitted.predict_proba(X))
+
+
+def test_save_is_atomic_and_rejects_other_objects(fitted, tmp_path):
+    with pytest.raises(TypeError, match="NDLMClassifier"):
+        save_model(object(), tmp_path / "x.ndlm")
+    path = tmp_path / "m.ndlm"
+    save_model(fitted, path)
+    save_model(fitted, path)  # overwrite
+    assert [p.name for p in tmp_path.iterdir()] == ["m.ndlm"]  # no temporary file left
