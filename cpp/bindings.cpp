@@ -36,17 +36,39 @@ const std::map<LayerType, std::set<std::string>> kKeys = {
     {LayerType::FC, {"units"}},
     {LayerType::Softmax, {}}};
 
+// Layer settings and image sizes above this are refused: no real network needs them, and bounding
+// them keeps every shape computation far from int overflow.
+constexpr int kMaxDim = 1 << 20;
+constexpr int kMaxThreads = 1024;
+
+int check_threads(int n) {
+    if (n < 1 || n > kMaxThreads)
+        throw py::value_error("n_threads must be between 1 and " + std::to_string(kMaxThreads) + ", got " +
+                              std::to_string(n));
+    return n;
+}
+
+[[noreturn]] void too_big(const std::string& where, const std::string& got) {
+    throw py::value_error(where + " must be at most " + std::to_string(kMaxDim) + ", got " + got);
+}
+
 int as_int(const py::handle& v, const std::string& where) {
     if (py::isinstance<py::bool_>(v)) throw py::value_error(where + " must be an integer, got a bool");
+    const std::string text = py::str(v).cast<std::string>();
     if (py::isinstance<py::float_>(v)) {
         const double d = v.cast<double>();
-        if (d != std::floor(d)) throw py::value_error(where + " must be an integer, got " + py::str(v).cast<std::string>());
+        if (d != std::floor(d)) throw py::value_error(where + " must be an integer, got " + text);
+        if (std::fabs(d) > kMaxDim) too_big(where, text);
         return int(d);
     }
-    try { return py::int_(py::reinterpret_borrow<py::object>(v)).cast<int>(); }
+    long long x;
+    try { x = py::int_(py::reinterpret_borrow<py::object>(v)).cast<long long>(); }
     catch (const std::exception&) {
+        if (py::isinstance<py::int_>(v)) too_big(where, text);  // beyond 64 bits
         throw py::value_error(where + " must be an integer, got " + py::repr(v).cast<std::string>());
     }
+    if (x > kMaxDim || x < -kMaxDim) too_big(where, text);
+    return int(x);
 }
 float as_float(const py::handle& v, const std::string& where) {
     try {
@@ -401,15 +423,30 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Network>(m, "Network")
         .def(py::init([](const py::list& layers, const std::vector<int>& input_shape, int n_classes, uint64_t seed,
-                         int n_threads, float input_scale) {
+                         int n_threads, float input_scale, bool fuse) {
                  if (input_shape.size() != 3) throw py::value_error("input_shape must be (height, width, channels)");
+                 for (int d : input_shape)
+                     if (d < 1 || d > kMaxDim)
+                         throw py::value_error("image height, width and channels must be between 1 and " +
+                                               std::to_string(kMaxDim) + ", got " + std::to_string(d));
+                 if (int64_t(input_shape[0]) * input_shape[1] >= (int64_t(1) << 31))
+                     throw py::value_error("images of more than 2**31 pixels are not supported");
+                 check_threads(n_threads);
                  std::vector<LayerSpec> specs;
                  for (size_t i = 0; i < layers.size(); i++) specs.push_back(parse_spec(layers[i], i));
                  return new Network(specs, input_shape[0], input_shape[1], input_shape[2], n_classes, seed,
-                                    n_threads, input_scale);
+                                    n_threads, input_scale, fuse);
              }),
              py::arg("layers"), py::arg("input_shape"), py::arg("n_classes"), py::arg("seed") = 0,
-             py::arg("n_threads") = 1, py::arg("input_scale") = 1.0f)
+             py::arg("n_threads") = 1, py::arg("input_scale") = 1.0f, py::kw_only(), py::arg("fuse") = true)
+        .def_property_readonly("fused", &Network::fused,
+            "Whether pointwise segments are fused (fuse=True and NDLM_SK_FUSE is not 0)")
+        .def_property_readonly("segments", [](const Network& n) {
+            py::list l;
+            for (const Segment& s : n.segments())
+                l.append(py::make_tuple(s.first, s.last, s.pool >= 0 ? py::object(py::int_(s.pool)) : py::object(py::none())));
+            return l;
+        }, "Fused segments: (first, last, pool) layer indices; pool None when no pool is fused")
         .def_property_readonly("layers", [](const Network& n) {
             py::list l;
             for (auto& L : n.layers()) l.append(spec_to_dict(L.spec));
@@ -421,7 +458,7 @@ PYBIND11_MODULE(_core, m) {
             return l;
         }, "(channels, height, width) after each layer")
         .def_property_readonly("n_params", &Network::n_params)
-        .def_property("n_threads", &Network::threads, &Network::set_threads)
+        .def_property("n_threads", &Network::threads, [](Network& n, int t) { n.set_threads(check_threads(t)); })
         .def("set_optimizer", [](Network& n, float lr, float b1, float b2, float eps, float l2) {
                  if (!(lr > 0) || !std::isfinite(lr)) throw py::value_error("learning rate must be > 0");
                  if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1)) throw py::value_error("beta_1, beta_2 must be in [0, 1)");

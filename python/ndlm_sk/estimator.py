@@ -18,6 +18,23 @@ from .architectures import resolve_architecture
 _CORE_DTYPES = (np.float32, np.uint8)  # other dtypes convert to the first
 
 
+_MAX_DIM = 1 << 20  # the core refuses larger sizes (far beyond any microscope image)
+
+
+def _check_image_shape(shape, what):
+    """(height, width, channels) of positive ints no larger than the core accepts."""
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (height, width, channels) integers, got {shape!r}") from None
+    if len(shape) != 3 or not all(1 <= s <= _MAX_DIM for s in shape):
+        raise ValueError(
+            f"{what} must be height x width x channels with each between 1 and {_MAX_DIM}, "
+            f"got {'x'.join(map(str, shape))}"
+        )
+    return shape
+
+
 class NDLMClassifier(ClassifierMixin, BaseEstimator):
     """The NDLM white blood cell CNN (Al-Jader et al. 2026) trained with Adam, in C++.
 
@@ -140,6 +157,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
                     f"expected images of shape (n, height, width, channels), got {X.ndim} dimensions"
                 )
             shape = tuple(int(s) for s in X.shape[1:])
+            _check_image_shape(shape, "images")
             if reset:
                 if self.image_shape is not None and tuple(self.image_shape) != shape:
                     raise ValueError(f"images are {shape} but image_shape={tuple(self.image_shape)}")
@@ -159,8 +177,8 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         )
         n, f = X.shape
         if reset:
-            shape = (1, 1, f) if self.image_shape is None else tuple(int(s) for s in self.image_shape)
-            if len(shape) != 3 or int(np.prod(shape)) != f:
+            shape = (1, 1, f) if self.image_shape is None else _check_image_shape(self.image_shape, "image_shape")
+            if int(np.prod(shape)) != f:
                 raise ValueError(
                     f"image_shape={self.image_shape} does not match X with {f} features per row "
                     "(expected (height, width, channels) with height*width*channels == n_features)"
@@ -171,10 +189,10 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     def _threads(self):
         if self.n_jobs is None:
             return int(_core.max_threads())
-        n = int(self.n_jobs)
-        if n == 0:
-            raise ValueError("n_jobs must not be 0")
-        return max(1, (os.cpu_count() or 1) + 1 + n) if n < 0 else n
+        n = self.n_jobs
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n == 0 or not -1024 <= n <= 1024:
+            raise ValueError(f"n_jobs must be None or a non-zero integer in [-1024, 1024], got {n!r}")
+        return max(1, (os.cpu_count() or 1) + 1 + int(n)) if n < 0 else int(n)
 
     def _check_params(self):
         def positive(name, integer=False):
@@ -188,6 +206,8 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             positive(name, integer=True)
         for name in ("learning_rate_init", "epsilon"):
             positive(name)
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
         for name in ("beta_1", "beta_2"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float, np.number)) and 0 <= v < 1):
@@ -205,10 +225,11 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     def _build_network(self, seed):
         """The one path from this estimator's parameters into a new C++ network."""
         stack = resolve_architecture(self.architecture)
+        n_threads = self._threads()
         try:
             net = _core.Network(
                 stack, self.image_shape_, len(self.classes_), seed=int(seed),
-                n_threads=self._threads(), input_scale=float(self.input_scale),
+                n_threads=n_threads, input_scale=float(self.input_scale),
             )
         except ValueError as e:
             h, w, c = self.image_shape_
