@@ -414,6 +414,8 @@ def _setup_reproduce(sub):
     p.add_argument("--threads", type=int, default=None,
                    help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)")
     p.add_argument("--architecture", default="ndlm", metavar="PRESET", help="layer stack preset (default: ndlm)")
+    p.add_argument("--augment", action="store_true",
+                   help="train on random flips / 90-degree rotations of the images (not in the paper)")
     p.set_defaults(run=_run_reproduce)
 
 
@@ -426,7 +428,7 @@ def _run_reproduce(args):
         raise CLIError(f"--data {args.data} is not a folder")
     reproduce(args.data, args.out, epochs=args.epochs, patience=args.patience,
               image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
-              threads=args.threads, architecture=args.architecture,
+              threads=args.threads, architecture=args.architecture, augment=args.augment,
               log=lambda msg: print(msg, flush=True))
     return 0
 

@@ -35,6 +35,23 @@ def _check_image_shape(shape, what):
     return shape
 
 
+def _dihedral(xb, codes):
+    """Apply symmetry ``codes[i]`` (0-7: bit 0 flips rows, bit 1 flips columns, bit 2 transposes,
+    the last only for square images) to image ``xb[i]`` of an (n, H, W, C) batch, in place."""
+    square = xb.shape[1] == xb.shape[2]
+    for code in np.unique(codes):
+        sel = np.flatnonzero(codes == code)
+        part = xb[sel]
+        if code & 1:
+            part = part[:, ::-1]
+        if code & 2:
+            part = part[:, :, ::-1]
+        if code & 4 and square:
+            part = part.transpose(0, 2, 1, 3)
+        xb[sel] = part
+    return np.ascontiguousarray(xb)
+
+
 class NDLMClassifier(ClassifierMixin, BaseEstimator):
     """The NDLM white blood cell CNN (Al-Jader et al. 2026) trained with Adam, in C++.
 
@@ -81,6 +98,10 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         OpenMP threads of the C++ core; None uses OpenMP's default (OMP_NUM_THREADS or all cores).
     predict_batch_size : int, default=32
         Images per chunk at inference (bounds the memory predict uses).
+    augment : bool, default=False
+        Train on a random symmetry of each image (flips and, for square images, 90-degree
+        rotations: the 8 symmetries of the square), drawn anew for every image in every epoch.
+        A cell's class does not depend on its orientation on the slide. Not in the paper.
 
     Attributes
     ----------
@@ -120,6 +141,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         warm_start=False,
         n_jobs=None,
         predict_batch_size=32,
+        augment=False,
     ):
         self.architecture = architecture
         self.image_shape = image_shape
@@ -141,6 +163,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.n_jobs = n_jobs
         self.predict_batch_size = predict_batch_size
+        self.augment = augment
 
     # ------------------------------------------------------------------ input checking
     def _validate_X(self, X, reset):
@@ -388,9 +411,15 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             order = train_idx
         bs = min(int(self.batch_size), n)
         total_loss, correct = 0.0, 0
+        if self.augment:
+            sym = np.random.default_rng([self._seed, self.n_iter_, 1]).integers(0, 8, n)
         for s in range(0, n, bs):
             idx = np.ascontiguousarray(order[s:s + bs], dtype=np.int64)
-            loss, c = self._net.train_step(X, idx, y_enc[idx])
+            if self.augment:  # a transformed copy of the mini-batch (only it, never all of X)
+                xb = _dihedral(X[idx], sym[s:s + bs])
+                loss, c = self._net.train_step(xb, np.arange(len(idx), dtype=np.int64), y_enc[idx])
+            else:
+                loss, c = self._net.train_step(X, idx, y_enc[idx])
             self.batch_loss_curve_.append(float(loss))
             total_loss += float(loss) * len(idx)
             correct += int(c)
@@ -460,6 +489,11 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     def __setstate__(self, state):
         state = dict(state)
         net_state = state.pop("_net_state", None)
+        # a model saved before a parameter existed gets that parameter's default
+        import inspect
+        for name, p in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self" and name not in state and p.default is not inspect.Parameter.empty:
+                state[name] = p.default
         self.__dict__.update(state)
         if net_state is not None:
             saved_layers = state.get("layers_")

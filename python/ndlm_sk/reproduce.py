@@ -42,7 +42,7 @@ def _log_loss(proba, y_enc):
 
 
 def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_size=128, seed=0,
-              threads=None, architecture="ndlm", cache_dir=None, log=print):
+              threads=None, architecture="ndlm", augment=False, cache_dir=None, log=print):
     """Run (or resume) the paper's experiment; returns the test report dict.
 
     Model selection keeps the weights of the epoch with the best validation accuracy (MATLAB's
@@ -57,7 +57,8 @@ def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_siz
     out.mkdir(parents=True, exist_ok=True)
     config = {"data": str(Path(data).resolve()), "epochs": int(epochs), "patience": patience,
               "image_size": int(image_size), "batch_size": int(batch_size), "seed": int(seed),
-              "threads": threads, "architecture": architecture, "split": [0.5, 0.25, 0.25]}
+              "threads": threads, "architecture": architecture, "augment": bool(augment),
+              "split": [0.5, 0.25, 0.25]}
 
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -79,8 +80,8 @@ def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_siz
     hist_path, ckpt_path, best_path = out / HISTORY, out / CHECKPOINT, out / BEST
     if ckpt_path.exists() and hist_path.exists():
         history = json.loads(hist_path.read_text())
-        fixed = ("data", "image_size", "batch_size", "seed", "threads", "architecture", "split")
-        if any(history["config"].get(k) != config[k] for k in fixed):
+        fixed = ("data", "image_size", "batch_size", "seed", "threads", "architecture", "split", "augment")
+        if any(history["config"].get(k, False if k == "augment" else None) != config[k] for k in fixed):
             raise ValueError(f"{out} holds a run with another configuration {history.get('config')}; "
                              "use another --out folder")
         history["config"] = config  # epochs / patience may change: a run can be extended
@@ -91,7 +92,7 @@ def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_siz
                    "val_loss": [], "iteration_loss": [], "epoch_seconds": [], "best_epoch": None,
                    "stopped": None}
         clf = NDLMClassifier(architecture, batch_size=batch_size, max_iter=1, warm_start=True,
-                             random_state=seed, n_jobs=threads)
+                             random_state=seed, n_jobs=threads, augment=augment)
 
     classes = np.unique(y_tr)
     y_va_enc = np.searchsorted(classes, y_va)
