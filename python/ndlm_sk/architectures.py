@@ -49,14 +49,6 @@ PRESETS = {
         _FC,
         _SOFTMAX,
     ],
-    # The paper describes DFTL with the same layers as DL (conv 15x15x10, ReLU, pool 5/5).
-    "dftl": [
-        {"type": "conv", "filters": 10, "kernel": 15},
-        _RELU,
-        {"type": "maxpool", "pool": 5, "stride": 5},
-        _FC,
-        _SOFTMAX,
-    ],
     # NDEL: BN, conv 15x15x10, ReLU, pool 5/5, cross-channel normalization (window 7), FC
     "ndel": [
         _BN,
@@ -78,6 +70,8 @@ PRESETS = {
     # No spatial layer: treats an (n, F) table as n images of 1x1xF. Used by sklearn's checks.
     "tabular": [_BN, _FC, _SOFTMAX],
 }
+# The paper describes DFTL with the same layers as DL (conv 15x15x10, ReLU, pool 5/5).
+PRESETS["dftl"] = deepcopy(PRESETS["dl"])
 
 
 def resolve_architecture(architecture):
