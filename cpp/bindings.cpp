@@ -256,6 +256,27 @@ void set_layer_params(Network& net, size_t i, const py::dict& d) {
     }
 }
 
+// Indices or labels: an array of any integer dtype, each value checked against [0, limit) before
+// it is narrowed, so nothing wraps around or is truncated on the way to C++.
+template <typename T>
+std::vector<T> int_values(const py::handle& h, const char* what, int64_t limit) {
+    py::array a = py::array::ensure(h);
+    if (!a) throw py::value_error(std::string(what) + " must be an array of integers");
+    const char kind = a.dtype().kind();
+    if (kind != 'i' && kind != 'u')
+        throw py::value_error(std::string(what) + " must be integers, got dtype " + py::str(a.dtype()).cast<std::string>());
+    auto c = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    std::vector<T> out(size_t(c.size()));
+    for (int64_t i = 0; i < c.size(); i++) {
+        const int64_t v = c.data()[i];
+        if (v < 0 || v >= limit)  // uint64 beyond int64 wraps negative here: caught too
+            throw py::value_error(std::string(what) + " out of range: " + std::to_string(v) + " not in [0, " +
+                                  std::to_string(limit) + ")");
+        out[size_t(i)] = T(v);
+    }
+    return out;
+}
+
 // ---- kernel entry points for the tests: impl = "ref" or "fast" ------------------------------
 using FArr = py::array_t<float, py::array::c_style | py::array::forcecast>;
 bool use_fast(const std::string& impl) {
@@ -467,16 +488,13 @@ PYBIND11_MODULE(_core, m) {
                  std::lock_guard<std::mutex> g(n.mutex());
                  n.set_adam(AdamConfig{lr, b1, b2, eps, l2});
              }, py::arg("learning_rate"), py::arg("beta_1"), py::arg("beta_2"), py::arg("epsilon"), py::arg("l2"))
-        .def("train_step", [](Network& n, const py::array& X, py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx,
-                              py::array_t<int32_t, py::array::c_style | py::array::forcecast> y) {
+        .def("train_step", [](Network& n, const py::array& X, const py::object& idx_obj, const py::object& y_obj) {
                  ImageBatch b = image_batch(X, n);
-                 const int64_t B = idx.size();
+                 const std::vector<int64_t> idx = int_values<int64_t>(idx_obj, "image index", b.n);
+                 const std::vector<int32_t> y = int_values<int32_t>(y_obj, "label", n.n_classes());
+                 const int64_t B = int64_t(idx.size());
                  if (B < 1) throw py::value_error("empty mini-batch");
-                 if (y.size() != B) throw py::value_error("one label per index");
-                 for (int64_t i = 0; i < B; i++) {
-                     if (idx.data()[i] < 0 || idx.data()[i] >= b.n) throw py::value_error("image index out of range");
-                     if (y.data()[i] < 0 || y.data()[i] >= n.n_classes()) throw py::value_error("label out of range");
-                 }
+                 if (int64_t(y.size()) != B) throw py::value_error("one label per index");
                  std::pair<float, int64_t> r;
                  {
                      py::gil_scoped_release nogil;
@@ -486,12 +504,11 @@ PYBIND11_MODULE(_core, m) {
                  return py::make_tuple(r.first, r.second);
              }, py::arg("X"), py::arg("idx"), py::arg("y"),
              "One Adam step on the images X[idx] with labels y; returns (mean loss, number correct)")
-        .def("loss_and_grad", [](Network& n, const py::array& X, py::array_t<int32_t, py::array::c_style | py::array::forcecast> y) {
+        .def("loss_and_grad", [](Network& n, const py::array& X, const py::object& y_obj) {
                  ImageBatch b = image_batch(X, n);
                  if (b.n < 1) throw py::value_error("empty batch");
-                 if (y.size() != b.n) throw py::value_error("one label per image");
-                 for (int64_t i = 0; i < b.n; i++)
-                     if (y.data()[i] < 0 || y.data()[i] >= n.n_classes()) throw py::value_error("label out of range");
+                 const std::vector<int32_t> y = int_values<int32_t>(y_obj, "label", n.n_classes());
+                 if (int64_t(y.size()) != b.n) throw py::value_error("one label per image");
                  float loss;
                  {
                      py::gil_scoped_release nogil;
@@ -504,14 +521,11 @@ PYBIND11_MODULE(_core, m) {
         .def("predict_proba", [](Network& n, const py::array& X, py::object idx_obj, int64_t chunk) {
                  ImageBatch b = image_batch(X, n);
                  if (chunk < 1) throw py::value_error("chunk must be >= 1");
-                 py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx;
+                 std::vector<int64_t> idx;
                  int64_t m = b.n;
                  if (!idx_obj.is_none()) {
-                     idx = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(idx_obj);
-                     if (!idx) throw py::value_error("idx must be an array of integers");
-                     m = idx.size();
-                     for (int64_t i = 0; i < m; i++)
-                         if (idx.data()[i] < 0 || idx.data()[i] >= b.n) throw py::value_error("image index out of range");
+                     idx = int_values<int64_t>(idx_obj, "image index", b.n);
+                     m = int64_t(idx.size());
                  }
                  py::array_t<float> out({m, int64_t(n.n_classes())});
                  if (m == 0) return out;
@@ -532,7 +546,9 @@ PYBIND11_MODULE(_core, m) {
             for (size_t i = 0; i + 1 < t.size(); i += 2) l.append(py::make_tuple(t[i], t[i + 1]));
             if (reset) std::fill(t.begin(), t.end(), 0.0);
             return l;
-        }, py::arg("reset") = false, "Per-layer (forward, backward) seconds accumulated so far")
+        }, py::arg("reset") = false,
+           "Per-layer (forward, backward) seconds accumulated so far; a fused segment's time is "
+           "attributed to its first layer (the other layers of the segment show 0)")
         .def("release_buffers", [](Network& n) {
             std::lock_guard<std::mutex> g(n.mutex());
             n.release_buffers();
@@ -568,7 +584,11 @@ PYBIND11_MODULE(_core, m) {
         .def("set_state", [](Network& n, const py::dict& d) {
             for (const char* k : {"params", "adam_m", "adam_v", "running", "adam_step"})
                 if (!d.contains(k)) throw py::value_error(std::string("state lacks '") + k + "'");
-            const int64_t step = d["adam_step"].cast<int64_t>();
+            py::object step_obj = d["adam_step"];
+            if (py::isinstance<py::bool_>(step_obj) || !(py::isinstance<py::int_>(step_obj) ||
+                py::hasattr(step_obj, "__index__")))
+                throw py::value_error("adam_step must be an integer, got " + py::repr(step_obj).cast<std::string>());
+            const int64_t step = py::int_(step_obj).cast<int64_t>();
             if (step < 0) throw py::value_error("adam_step must be >= 0");
             std::lock_guard<std::mutex> g(n.mutex());
             std::vector<float> tmp(size_t(4 * n.n_params()) + n.running().size());  // validate all, then commit
@@ -577,8 +597,10 @@ PYBIND11_MODULE(_core, m) {
             copy_into(tmp.data() + P, d["adam_m"], P, "adam_m");
             copy_into(tmp.data() + 2 * P, d["adam_v"], P, "adam_v");
             copy_into(tmp.data() + 4 * P, d["running"], int64_t(n.running().size()), "running");
-            for (int64_t i = 0; i < P; i++)
-                if (!std::isfinite(tmp[size_t(i)])) throw py::value_error("params contain NaN or inf");
+            const char* names[] = {"params", "adam_m", "adam_v", "(unused)", "running"};
+            for (size_t i = 0; i < tmp.size(); i++)
+                if (!std::isfinite(tmp[i]))
+                    throw py::value_error(std::string(names[std::min<size_t>(i / size_t(P), 4)]) + " contain NaN or inf");
             std::memcpy(n.params(), tmp.data(), sizeof(float) * size_t(P));
             std::memcpy(n.adam_m(), tmp.data() + P, sizeof(float) * size_t(2 * P));
             std::memcpy(n.running().data(), tmp.data() + 4 * P, sizeof(float) * n.running().size());
