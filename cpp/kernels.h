@@ -4,6 +4,7 @@
 // depend on timing: every reduction is split statically and summed in a fixed order.
 // tests/test_kernels.py checks each one against its reference twin on odd shapes.
 #pragma once
+#include "fused.h"
 #include "layers.h"
 
 namespace ndlm {
@@ -33,6 +34,19 @@ void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, 
 void fc_forward(float* y, const float* x, const float* w, const float* b, int N, int F, int O);
 void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                  int N, int F, int O);
+
+// Fused pointwise segments (fused.h). Statistics of the values after ops [0, nops) of x (nops may
+// be 0); the segment's output (pooled with argmax when s.K == s.S > 0; vlast, if not null, gets the
+// last batch norm's input at the argmax positions); per-channel backward sums of the batch norm
+// ops[j] (over the pooled outputs only when j is the last batch norm and vlast is given); the
+// gradient of the segment input. Reference: the per-layer kernels above (tests/test_fused.py).
+void seg_bn_stats(float* mean, float* rstd, const float* x, const SegShape& s, const SegOp* ops, int nops,
+                  float eps);
+void seg_forward(float* y, int32_t* argmax, float* vlast, const float* x, const SegShape& s, const SegOp* ops, int nops);
+void seg_bwd_sums(double* sdy, double* sdx, const float* x, const float* dy, const int32_t* argmax,
+                  const float* vlast, const SegShape& s, const SegOp* ops, int nops, int j);
+void seg_backward(float* dx, const float* x, const float* dy, const int32_t* argmax, const SegShape& s,
+                  const SegOp* ops, int nops);
 
 // Which instruction set the dispatcher picked: "avx512", "avx2" or "generic". The best level the
 // CPU supports is used unless the environment variable NDLM_SK_SIMD=generic|avx2|avx512 (read once,

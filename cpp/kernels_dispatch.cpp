@@ -121,5 +121,21 @@ void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* 
     T().fc_backward(dx, dw, db, dy, x, w, N, F, O);
 }
 
+void seg_bn_stats(float* mean, float* rstd, const float* x, const SegShape& s, const SegOp* ops, int nops,
+                  float eps) {
+    T().seg_bn_stats(mean, rstd, x, s, ops, nops, eps);
+}
+void seg_forward(float* y, int32_t* argmax, float* vlast, const float* x, const SegShape& s, const SegOp* ops, int nops) {
+    T().seg_forward(y, argmax, vlast, x, s, ops, nops);
+}
+void seg_bwd_sums(double* sdy, double* sdx, const float* x, const float* dy, const int32_t* argmax,
+                  const float* vlast, const SegShape& s, const SegOp* ops, int nops, int j) {
+    T().seg_bwd_sums(sdy, sdx, x, dy, argmax, vlast, s, ops, nops, j);
+}
+void seg_backward(float* dx, const float* x, const float* dy, const int32_t* argmax, const SegShape& s,
+                  const SegOp* ops, int nops) {
+    T().seg_backward(dx, x, dy, argmax, s, ops, nops);
+}
+
 }  // namespace fast
 }  // namespace ndlm

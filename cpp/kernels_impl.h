@@ -174,6 +174,27 @@ inline void map_vec(float* y, int64_t n, bool nt, F f) {
     if (i < n) Simd::storep(y + i, f(i, int(n - i)), int(n - i));
 }
 
+// Chan et al.: combine per-plane means pm and centred sums of squares pq of (N, C) planes of HW
+// values into per-channel mean and 1 / sqrt(var + eps), planes of a channel in batch order
+inline void bn_combine(float* mean, float* rstd, const double* pm, const double* pq, int N, int C,
+                       int64_t HW, float eps) {
+    for (int c = 0; c < C; c++) {
+        double cnt = 0.0, mu = 0.0, m2 = 0.0;
+        for (int n = 0; n < N; n++) {
+            const int64_t p = int64_t(n) * C + c;
+            const double nb = double(HW), tot = cnt + nb;
+            if (tot <= 0) continue;
+            const double d = pm[p] - mu;
+            mu += d * nb / tot;
+            m2 += pq[p] + d * d * cnt * nb / tot;
+            cnt = tot;
+        }
+        const double var = cnt > 0 ? (m2 > 0 ? m2 : 0.0) / cnt : 0.0 / 0.0;
+        mean[c] = float(cnt > 0 ? mu : 0.0 / 0.0);
+        rstd[c] = float(1.0 / std::sqrt(var + eps));
+    }
+}
+
 // =============================================================================================
 // Batch normalization
 // =============================================================================================
@@ -195,22 +216,7 @@ void batchnorm_forward_train(float* y, float* mean, float* rstd, const float* x,
             pm[p] = m;
         }
     }
-    // Chan et al.: combine the planes of each channel in batch order
-    for (int c = 0; c < C; c++) {
-        double cnt = 0.0, mu = 0.0, m2 = 0.0;
-        for (int n = 0; n < N; n++) {
-            const int64_t p = int64_t(n) * C + c;
-            const double nb = HW, tot = cnt + nb;
-            if (tot <= 0) continue;
-            const double d = pm[p] - mu;
-            mu += d * nb / tot;
-            m2 += pq[p] + d * d * cnt * nb / tot;
-            cnt = tot;
-        }
-        const double var = cnt > 0 ? (m2 > 0 ? m2 : 0.0) / cnt : 0.0 / 0.0;
-        mean[c] = float(cnt > 0 ? mu : 0.0 / 0.0);
-        rstd[c] = float(1.0 / std::sqrt(var + eps));
-    }
+    bn_combine(mean, rstd, pm.p, pq.p, N, C, HW, eps);
 #pragma omp parallel
     {
         int64_t b, e;
@@ -457,68 +463,70 @@ void relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
 // remembering the first row of the maximum) then a horizontal pass over the K columns of each
 // window. Ties resolve to the first element in row-major window order, exactly as the reference.
 // =============================================================================================
+// One plane: x (rows of W) -> y, argmax (OH x OW). m, kk: scratch of pool_scratch_len floats,
+// zero-initialised once; tk, tx: V floats.
+inline int64_t pool_scratch_len(int K, int S, int OW) { return (int64_t(OW) + V) * S + K; }
+inline void pool_plane(float* yp, int32_t* ap, const float* xp, int W, int K, int S, int OH, int OW,
+                       float* m, float* kk, float* tk, float* tx) {
+    const int Wn = (OW - 1) * S + K;  // columns touched
+    const float NEG = -__builtin_inff();
+    for (int oy = 0; oy < OH; oy++) {
+        const int r0 = oy * S;
+        for (int i = 0; i < Wn; i++) {
+            m[i] = NEG;
+            kk[i] = 0.f;
+        }
+        for (int ky = 0; ky < K; ky++) {
+            const float* row = xp + int64_t(r0 + ky) * W;
+            const float fky = float(ky);
+            for (int i = 0; i < Wn; i++) {
+                const float v = row[i];
+                const bool g = v > m[i];
+                m[i] = g ? v : m[i];
+                kk[i] = g ? fky : kk[i];
+            }
+        }
+        // horizontal, vectorised over output columns with stride-S gathers. The first
+        // maximum in row-major window order wins: larger value, then smaller row, then
+        // (scanning kx upwards, strict) smaller column. A column of -inf / NaN keeps
+        // row 0, so an all -inf window points at its start, like the reference.
+        for (int ox0 = 0; ox0 < OW; ox0 += V) {
+            const int nv = mini(V, OW - ox0);
+            const float* mb = m + int64_t(ox0) * S;
+            const float* kb = kk + int64_t(ox0) * S;
+            R best = Simd::gather(mb, S), bk = Simd::gather(kb, S), bx = Simd::zero();
+            for (int kx = 1; kx < K; kx++) {
+                const R v = Simd::gather(mb + kx, S), k2 = Simd::gather(kb + kx, S);
+                const auto take =
+                    Simd::mor(Simd::gt(v, best), Simd::mand(Simd::eq(v, best), Simd::lt(k2, bk)));
+                best = Simd::blend(take, v, best);
+                bk = Simd::blend(take, k2, bk);
+                bx = Simd::blend(take, Simd::set1(float(kx)), bx);
+            }
+            Simd::storep(yp + oy * OW + ox0, best, nv);
+            Simd::store(tk, bk);
+            Simd::store(tx, bx);
+            int32_t* aq = ap + oy * OW + ox0;
+            for (int j = 0; j < nv; j++) aq[j] = (r0 + int(tk[j])) * W + (ox0 + j) * S + int(tx[j]);
+        }
+    }
+}
+
 void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K,
                      int S, int OH, int OW) {
     const int64_t P = int64_t(N) * C;
     if (OH <= 0 || OW <= 0) return;
-    const int Wn = (OW - 1) * S + K;  // columns touched
-    const float NEG = -__builtin_inff();
 #pragma omp parallel
     {
         // vertical results, padded so the gathers of the last partial vector stay inside
-        const int64_t Wpad = (int64_t(OW) + V) * S + K;
+        const int64_t Wpad = pool_scratch_len(K, S, OW);
         Buf<float> vm(Wpad, true), vk(Wpad, true);  // ky kept as float: exact, and blends as float
         Buf<float> tk(V), tx(V);
         int64_t b, e;
         split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-        for (int64_t p = b; p < e; p++) {
-            const float* xp = x + p * H * W;
-            float* yp = y + p * OH * OW;
-            int32_t* ap = argmax + p * OH * OW;
-            for (int oy = 0; oy < OH; oy++) {
-                const int r0 = oy * S;
-                float* m = vm.p;
-                float* kk = vk.p;
-                for (int i = 0; i < Wn; i++) {
-                    m[i] = NEG;
-                    kk[i] = 0.f;
-                }
-                for (int ky = 0; ky < K; ky++) {
-                    const float* row = xp + int64_t(r0 + ky) * W;
-                    const float fky = float(ky);
-                    for (int i = 0; i < Wn; i++) {
-                        const float v = row[i];
-                        const bool g = v > m[i];
-                        m[i] = g ? v : m[i];
-                        kk[i] = g ? fky : kk[i];
-                    }
-                }
-                // horizontal, vectorised over output columns with stride-S gathers. The first
-                // maximum in row-major window order wins: larger value, then smaller row, then
-                // (scanning kx upwards, strict) smaller column. A column of -inf / NaN keeps
-                // row 0, so an all -inf window points at its start, like the reference.
-                for (int ox0 = 0; ox0 < OW; ox0 += V) {
-                    const int nv = mini(V, OW - ox0);
-                    const float* mb = m + int64_t(ox0) * S;
-                    const float* kb = kk + int64_t(ox0) * S;
-                    R best = Simd::gather(mb, S), bk = Simd::gather(kb, S), bx = Simd::zero();
-                    for (int kx = 1; kx < K; kx++) {
-                        const R v = Simd::gather(mb + kx, S), k2 = Simd::gather(kb + kx, S);
-                        const auto take =
-                            Simd::mor(Simd::gt(v, best), Simd::mand(Simd::eq(v, best), Simd::lt(k2, bk)));
-                        best = Simd::blend(take, v, best);
-                        bk = Simd::blend(take, k2, bk);
-                        bx = Simd::blend(take, Simd::set1(float(kx)), bx);
-                    }
-                    Simd::storep(yp + oy * OW + ox0, best, nv);
-                    Simd::store(tk.p, bk);
-                    Simd::store(tx.p, bx);
-                    int32_t* aq = ap + oy * OW + ox0;
-                    for (int j = 0; j < nv; j++)
-                        aq[j] = (r0 + int(tk[j])) * W + (ox0 + j) * S + int(tx[j]);
-                }
-            }
-        }
+        for (int64_t p = b; p < e; p++)
+            pool_plane(y + p * OH * OW, argmax + p * OH * OW, x + p * H * W, W, K, S, OH, OW, vm.p, vk.p,
+                       tk.p, tx.p);
     }
 }
 
@@ -1253,6 +1261,11 @@ void conv_backward(float* dx, float* dw, float* db, const float* dy, const float
     conv_dw(dw, db, dy, x, s);
 }
 
+// =============================================================================================
+// Fused pointwise segments (batch norm / ReLU runs, optionally + non-overlapping max pool)
+// =============================================================================================
+#include "fused_impl.h"
+
 }  // namespace
 
 const fast::detail::KernelTable kTable = {
@@ -1270,6 +1283,10 @@ const fast::detail::KernelTable kTable = {
     &maxpool_backward,
     &fc_forward,
     &fc_backward,
+    &seg_bn_stats,
+    &seg_forward,
+    &seg_bwd_sums,
+    &seg_backward,
 };
 
 }  // namespace NDLM_ISA_NS

@@ -1,6 +1,7 @@
 // Internal: the function-pointer table each ISA translation unit exports, and the dispatcher's
 // view of them. Not part of the public kernel API (kernels.h).
 #pragma once
+#include "fused.h"
 #include "layers.h"
 
 namespace ndlm {
@@ -22,6 +23,15 @@ struct KernelTable {
     decltype(&ref::maxpool_backward) maxpool_backward;
     decltype(&ref::fc_forward) fc_forward;
     decltype(&ref::fc_backward) fc_backward;
+    // fused pointwise segments (fused.h); their reference is the per-layer path
+    void (*seg_bn_stats)(float* mean, float* rstd, const float* x, const SegShape& s, const SegOp* ops,
+                         int nops, float eps);
+    void (*seg_forward)(float* y, int32_t* argmax, float* vlast, const float* x, const SegShape& s, const SegOp* ops,
+                        int nops);
+    void (*seg_bwd_sums)(double* sdy, double* sdx, const float* x, const float* dy, const int32_t* argmax,
+                         const float* vlast, const SegShape& s, const SegOp* ops, int nops, int j);
+    void (*seg_backward)(float* dx, const float* x, const float* dy, const int32_t* argmax, const SegShape& s,
+                         const SegOp* ops, int nops);
 };
 
 // Defined in kernels_generic.cpp (always), kernels_avx2.cpp and kernels_avx512.cpp (x86-64 only,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <stdexcept>
@@ -41,7 +42,7 @@ static void glorot_uniform(float* w, int64_t n, double fan_in, double fan_out, s
 }
 
 Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n_classes,
-                 uint64_t seed, int n_threads, float input_scale)
+                 uint64_t seed, int n_threads, float input_scale, bool fuse)
     : H_(H), W_(W), C_(C), K_(n_classes), n_threads_(std::max(1, n_threads)), input_scale_(input_scale) {
     if (H < 1 || W < 1 || C < 1) throw std::invalid_argument("input shape must be positive, got " +
         std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(C));
@@ -124,6 +125,9 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
             std::to_string(h) + "x" + std::to_string(w));
     if (P == 0) throw std::invalid_argument("the layer stack has no trainable parameters");
     P_ = P;
+    const char* env = std::getenv("NDLM_SK_FUSE");
+    fuse_ = fuse && !(env && std::strcmp(env, "0") == 0);
+    plan_segments();
     layer_seconds_.assign(2 * layers_.size(), 0.0);
     mem_.assign(size_t(4 * P), 0.f);
     running_.assign(size_t(R), 0.f);
@@ -141,6 +145,47 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
     }
 }
 
+// Fusion plan: maximal runs of batch norm / ReLU layers (pointwise, one resolution), each with
+// the max pool that follows it when the pool does not overlap (stride == window). A run is fused
+// when it is followed by such a pool or has at least two layers (a lone ReLU already runs in
+// place). Layers inside a segment get no activation buffer; the segment's output (or the pool's)
+// does. Overlapping pools stay separate layers after the fused run.
+void Network::plan_segments() {
+    const int nl = int(layers_.size());
+    segments_.clear();
+    seg_start_.assign(size_t(nl), -1);
+    seg_end_.assign(size_t(nl), -1);
+    in_seg_.assign(size_t(nl), -1);
+    seg_aux_.assign(size_t(nl), {});
+    if (!fuse_) return;
+    auto pointwise = [](LayerType t) { return t == LayerType::BatchNorm || t == LayerType::ReLU; };
+    for (int i = 0; i < nl;) {
+        if (!pointwise(layers_[size_t(i)].spec.type)) { i++; continue; }
+        int j = i;
+        while (j + 1 < nl && pointwise(layers_[size_t(j + 1)].spec.type) && j + 1 - i < kMaxSegOps) j++;
+        Segment sg;
+        sg.first = i;
+        sg.last = j;
+        if (j + 1 < nl) {
+            const Layer& P = layers_[size_t(j + 1)];
+            if (P.spec.type == LayerType::MaxPool && P.spec.stride == P.spec.kh && P.spec.kh == P.spec.kw &&
+                P.outH > 0 && P.outW > 0)
+                sg.pool = j + 1;
+        }
+        if (sg.pool >= 0 || j > i) {
+            const int id = int(segments_.size());
+            segments_.push_back(sg);
+            seg_start_[size_t(i)] = id;
+            seg_end_[size_t(sg.end())] = id;
+            for (int l = i; l <= sg.end(); l++) in_seg_[size_t(l)] = id;
+            for (int l = i; l <= j; l++)
+                if (layers_[size_t(l)].spec.type == LayerType::BatchNorm)
+                    seg_aux_[size_t(l)].assign(size_t(4 * layers_[size_t(l)].inC), 0.f);
+        }
+        i = sg.end() + 1;
+    }
+}
+
 void Network::ensure_buffers(int64_t B) {
     if (B <= cap_) return;
     const size_t nl = layers_.size();
@@ -152,23 +197,35 @@ void Network::ensure_buffers(int64_t B) {
     for (size_t l = 0; l < nl; l++) {
         const Layer& L = layers_[l];
         // ReLU runs in place (its backward needs only its output; no other layer's backward
-        // needs its own output), so it gets no buffer of its own.
-        if (L.spec.type != LayerType::ReLU) acts_[l + 1].resize(size_t(B * L.out_size()));
+        // needs its own output), so it gets no buffer of its own. Inside a fused segment only
+        // the segment's output has a buffer (it is never the segment's input).
+        const int sid = in_seg_[l];
+        const bool seg_out = sid >= 0 && size_t(segments_[size_t(sid)].end()) == l;
+        if (sid >= 0 ? seg_out : L.spec.type != LayerType::ReLU) acts_[l + 1].resize(size_t(B * L.out_size()));
         if (L.spec.type == LayerType::BatchNorm) stats_[l].resize(size_t(2 * L.inC));
         if (L.spec.type == LayerType::MaxPool) argmax_[l].resize(size_t(B * L.out_size()));
         dmax = std::max(dmax, B * L.out_size());
     }
     dbuf_[0].resize(size_t(dmax));
     dbuf_[1].resize(size_t(dmax));
+    seg_vlast_.assign(segments_.size(), {});
+    for (size_t i = 0; i < segments_.size(); i++) {
+        const Segment& sg = segments_[i];
+        bool has_bn = false;
+        for (int l = sg.first; l <= sg.last; l++) has_bn |= layers_[size_t(l)].spec.type == LayerType::BatchNorm;
+        if (sg.pool >= 0 && has_bn) seg_vlast_[i].resize(size_t(B * layers_[size_t(sg.pool)].out_size()));
+    }
     act_.assign(nl + 1, nullptr);
     act_[0] = acts_[0].data();
     for (size_t l = 0; l < nl; l++)
-        act_[l + 1] = layers_[l].spec.type == LayerType::ReLU ? act_[l] : acts_[l + 1].data();
+        act_[l + 1] = !acts_[l + 1].empty() ? acts_[l + 1].data()
+                      : in_seg_[l] >= 0 ? nullptr  // not materialised
+                      : act_[l];                    // ReLU in place
     cap_ = B;
 }
 
 void Network::release_buffers() {
-    acts_.clear(); stats_.clear(); argmax_.clear(); act_.clear();
+    acts_.clear(); stats_.clear(); argmax_.clear(); act_.clear(); seg_vlast_.clear();
     for (auto& d : dbuf_) { d.clear(); d.shrink_to_fit(); }
     cap_ = 0;
 }
@@ -194,10 +251,123 @@ void Network::load_batch(float* dst, const ImageBatch& X, const int64_t* idx, in
     }
 }
 
+// Running statistics of a batch norm layer from its batch mean and rstd (N images)
+void Network::update_running(const Layer& L, const float* mean, const float* rstd, int64_t N) {
+    const LayerSpec& s = L.spec;
+    float* rmean = running_.data() + L.run_off;
+    float* rvar = rmean + L.inC;
+    const int HW = L.inH * L.inW;
+    const double M = double(N) * HW;
+    for (int c = 0; c < L.inC; c++) {
+        const double var = 1.0 / (double(rstd[c]) * rstd[c]) - s.eps;
+        const double unbiased = M > 1 ? var * M / (M - 1) : var;
+        rmean[c] = (1 - s.momentum) * rmean[c] + s.momentum * mean[c];
+        rvar[c] = float((1 - s.momentum) * rvar[c] + s.momentum * unbiased);
+    }
+}
+
+// The ops and shape of a fused segment (train: batch statistics in stats_, else running ones)
+int Network::seg_ops(const Segment& sg, SegOp* ops, SegShape* sh, int64_t B, bool train) {
+    const Layer& F = layers_[size_t(sg.first)];
+    sh->N = int(B); sh->C = F.inC; sh->H = F.inH; sh->W = F.inW;
+    if (sg.pool >= 0) {
+        const Layer& P = layers_[size_t(sg.pool)];
+        sh->K = P.spec.kh; sh->S = P.spec.stride; sh->OH = P.outH; sh->OW = P.outW;
+    }
+    int n = 0;
+    for (int l = sg.first; l <= sg.last; l++, n++) {
+        const Layer& L = layers_[size_t(l)];
+        SegOp& op = ops[n];
+        op = SegOp{};
+        if (L.spec.type == LayerType::ReLU) { op.relu = true; continue; }
+        const int C = L.inC;
+        float* aux = seg_aux_[size_t(l)].data();
+        op.mean = train ? stats_[size_t(l)].data() : running_.data() + L.run_off;
+        op.scale = aux;
+        op.shift = params() + L.b_off;
+        op.ka = aux + C; op.kb = aux + 2 * C; op.kx = aux + 3 * C;
+    }
+    return n;
+}
+
+// Forward of a fused segment: one pass over its input per batch norm for the statistics (in
+// training), then one pass applying the segment (and the pool) into the output buffer.
+void Network::forward_segment(const Segment& sg, int64_t B, bool train, bool update_running) {
+    SegOp ops[kMaxSegOps];
+    SegShape sh;
+    const int nops = seg_ops(sg, ops, &sh, B, train);
+    const float* x0 = act_[size_t(sg.first)];
+    for (int j = 0; j < nops; j++) {
+        if (ops[j].relu) continue;
+        const Layer& L = layers_[size_t(sg.first + j)];
+        const float* gamma = params() + L.w_off;
+        float* scale = seg_aux_[size_t(sg.first + j)].data();
+        if (train) {
+            float* mean = stats_[size_t(sg.first + j)].data();
+            float* rstd = mean + L.inC;
+            fast::seg_bn_stats(mean, rstd, x0, sh, ops, j, L.spec.eps);
+            for (int c = 0; c < L.inC; c++) scale[c] = gamma[c] * rstd[c];  // as batchnorm_forward_train
+            if (update_running) this->update_running(L, mean, rstd, B);
+        } else {
+            const float* rvar = running_.data() + L.run_off + L.inC;
+            for (int c = 0; c < L.inC; c++) scale[c] = gamma[c] / std::sqrt(rvar[c] + L.spec.eps);
+        }
+    }
+    const int e = sg.end();
+    std::vector<float>& vl = seg_vlast_[size_t(in_seg_[size_t(sg.first)])];
+    fast::seg_forward(act_[size_t(e) + 1], sg.pool >= 0 ? argmax_[size_t(sg.pool)].data() : nullptr,
+                      train && !vl.empty() ? vl.data() : nullptr, x0, sh, ops, nops);
+}
+
+// Backward of a fused segment: per batch norm (last first) one pass for its sums, then one pass
+// writing the gradient of the segment input (skipped when din is null).
+void Network::backward_segment(const Segment& sg, const float* dout, float* din, int64_t B) {
+    SegOp ops[kMaxSegOps];
+    SegShape sh;
+    const int nops = seg_ops(sg, ops, &sh, B, true);
+    const float* x0 = act_[size_t(sg.first)];
+    const int32_t* am = sg.pool >= 0 ? argmax_[size_t(sg.pool)].data() : nullptr;
+    const std::vector<float>& vl = seg_vlast_[size_t(in_seg_[size_t(sg.first)])];
+    for (int j = nops - 1; j >= 0; j--) {
+        if (ops[j].relu) continue;
+        const Layer& L = layers_[size_t(sg.first + j)];
+        const int C = L.inC;
+        std::vector<double> sd(size_t(2 * C));
+        fast::seg_bwd_sums(sd.data(), sd.data() + C, x0, dout, am, vl.empty() ? nullptr : vl.data(), sh, ops,
+                           nops, j);
+        // as batchnorm_backward
+        const float* rstd = stats_[size_t(sg.first + j)].data() + C;
+        const float* gamma = params() + L.w_off;
+        float* dgamma = grads() + L.w_off;
+        float* dbeta = grads() + L.b_off;
+        float* aux = seg_aux_[size_t(sg.first + j)].data();
+        const double M = double(B) * (L.inH * L.inW);
+        for (int c = 0; c < C; c++) {
+            const double sdy = sd[size_t(c)];
+            const double r = rstd[c];
+            const double sdyx = sd[size_t(C + c)] * r;
+            dbeta[c] += float(sdy);
+            dgamma[c] += float(sdyx);
+            const double a = double(gamma[c]) * r;
+            aux[C + c] = float(a);
+            aux[2 * C + c] = float(-a * sdy / M);
+            aux[3 * C + c] = float(-a * r * sdyx / M);
+        }
+    }
+    if (din) fast::seg_backward(din, x0, dout, am, sh, ops, nops);
+}
+
 void Network::forward(int64_t B, bool train, bool update_running) {
     const int N = int(B);
     for (size_t l = 0; l < layers_.size(); l++) {
         const double t0 = omp_get_wtime();
+        if (seg_start_[l] >= 0) {
+            const Segment& sg = segments_[size_t(seg_start_[l])];
+            forward_segment(sg, B, train, update_running);
+            layer_seconds_[2 * l] += omp_get_wtime() - t0;
+            l = size_t(sg.end());
+            continue;
+        }
         const Layer& L = layers_[l];
         const LayerSpec& s = L.spec;
         const float* in = act_[l];
@@ -213,15 +383,7 @@ void Network::forward(int64_t B, bool train, bool update_running) {
                     float* mean = stats_[l].data();
                     float* rstd = mean + L.inC;
                     fast::batchnorm_forward_train(out, mean, rstd, in, gamma, beta, N, L.inC, HW, s.eps);
-                    if (update_running) {
-                        const double M = double(N) * HW;
-                        for (int c = 0; c < L.inC; c++) {
-                            const double var = 1.0 / (double(rstd[c]) * rstd[c]) - s.eps;
-                            const double unbiased = M > 1 ? var * M / (M - 1) : var;
-                            rmean[c] = (1 - s.momentum) * rmean[c] + s.momentum * mean[c];
-                            rvar[c] = float((1 - s.momentum) * rvar[c] + s.momentum * unbiased);
-                        }
-                    }
+                    if (update_running) this->update_running(L, mean, rstd, N);
                 } else {
                     fast::batchnorm_forward_infer(out, in, gamma, beta, rmean, rvar, N, L.inC, HW, s.eps);
                 }
@@ -278,6 +440,17 @@ float Network::backward(const int32_t* y, int64_t B, int64_t* n_correct) {
     std::memset(grads(), 0, sizeof(float) * size_t(P_));
     for (size_t li = last; li-- > 0;) {
         const double t0 = omp_get_wtime();
+        if (seg_end_[li] >= 0) {
+            const Segment& sg = segments_[size_t(seg_end_[li])];
+            float* din = sg.first == 0 ? nullptr : dbuf_[cur ^ 1].data();
+            backward_segment(sg, dout, din, B);
+            layer_seconds_[2 * size_t(sg.first) + 1] += omp_get_wtime() - t0;
+            if (!din) break;
+            li = size_t(sg.first);
+            cur ^= 1;
+            dout = din;
+            continue;
+        }
         const Layer& L = layers_[li];
         const LayerSpec& s = L.spec;
         float* din = li == 0 ? nullptr : dbuf_[cur ^ 1].data();  // no gradient for the images

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "fused.h"
 #include "layers.h"
 
 namespace ndlm {
@@ -50,10 +51,22 @@ struct AdamConfig {
     float l2 = 1e-4f;  // added to the gradient of conv / fc weights: g += l2 * w (MATLAB's L2)
 };
 
+// A fused pointwise segment (planned at construction when fusion is on): layers [first, last]
+// are a maximal run of batch norm / ReLU layers, computed by the fast::seg_* kernels (fused.h)
+// without materialising their full-resolution outputs; pool >= 0 is a following non-overlapping
+// max pool (stride == window) fused in as well. end() is the last layer the segment covers.
+struct Segment {
+    int first = 0, last = 0, pool = -1;
+    int end() const { return pool >= 0 ? pool : last; }
+};
+
 class Network {
 public:
+    // fuse: plan fused pointwise segments (see Segment); the environment variable NDLM_SK_FUSE=0
+    // turns fusion off for every network (the per-layer path, the reference). Both paths give
+    // the same results.
     Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n_classes, uint64_t seed,
-            int n_threads, float input_scale);
+            int n_threads, float input_scale, bool fuse = true);
 
     // One mini-batch of Adam: images X[idx[i]] with labels y[i]. Returns (mean loss, n correct).
     std::pair<float, int64_t> train_step(const ImageBatch& X, const int64_t* idx, const int32_t* y,
@@ -85,7 +98,10 @@ public:
     int C() const { return C_; }
     int n_classes() const { return K_; }
     std::mutex& mutex() { return mu_; }
+    bool fused() const { return fuse_; }
+    const std::vector<Segment>& segments() const { return segments_; }
     // Seconds spent in each layer since the last reset: [2 l] forward, [2 l + 1] backward.
+    // A fused segment's time is attributed to its first layer (the others of the segment get 0).
     std::vector<double>& layer_seconds() { return layer_seconds_; }
 
 private:
@@ -94,6 +110,11 @@ private:
     void forward(int64_t B, bool train, bool update_running);
     float backward(const int32_t* y, int64_t B, int64_t* n_correct);
     void adam_update();
+    void plan_segments();
+    void update_running(const Layer& L, const float* mean, const float* rstd, int64_t N);
+    int seg_ops(const Segment& sg, SegOp* ops, SegShape* sh, int64_t B, bool train);
+    void forward_segment(const Segment& sg, int64_t B, bool train, bool update_running);
+    void backward_segment(const Segment& sg, const float* dout, float* din, int64_t B);
 
     std::vector<Layer> layers_;
     int H_, W_, C_, K_;
@@ -112,6 +133,13 @@ private:
     std::vector<std::vector<int32_t>> argmax_;
     std::vector<float> dbuf_[2];             // activation gradients, ping-pong
     std::vector<double> layer_seconds_;
+    bool fuse_ = true;
+    std::vector<Segment> segments_;
+    std::vector<int> seg_start_;             // per layer: index in segments_ of the segment starting there, or -1
+    std::vector<int> seg_end_;               // per layer: index of the segment ending there, or -1
+    std::vector<int> in_seg_;                // per layer: index of the segment covering it, or -1
+    std::vector<std::vector<float>> seg_aux_;  // fused batch norm: scale, ka, kb, kx (C each)
+    std::vector<std::vector<float>> seg_vlast_;  // pooled segment: last batch norm's input at the argmax
     std::mutex mu_;
 };
 
