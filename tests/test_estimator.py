@@ -311,7 +311,9 @@ def test_real_sigint_during_fit_keeps_the_model():
         rng = np.random.default_rng(0)
         X = rng.integers(0, 256, (64, {SIZE}, {SIZE}, 3), dtype=np.uint8)
         y = np.arange(64) % 3
-        clf = NDLMClassifier(max_iter=100000, batch_size=8, verbose=True, random_state=0, n_jobs=1)
+        # never converges on its own: only the Ctrl-C can end this fit
+        clf = NDLMClassifier(max_iter=100000, n_iter_no_change=100000, batch_size=8, verbose=True,
+                             random_state=0, n_jobs=1)
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
             clf.fit(X, y)
