@@ -110,7 +110,7 @@ void seg_bn_stats(float* mean, float* rstd, const float* x, const SegShape& s, c
     const int64_t HW = int64_t(s.H) * s.W, P = int64_t(s.N) * s.C;
     Buf<double> pm(P), pq(P);
     seg_dispatch(ops, nops, [&](auto ch) {
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW * (nops + 1)))
     {
         Buf<float> plane(nops > 0 ? HW : 1);
         SegConst cc[kMaxSegOps] = {};
@@ -146,7 +146,7 @@ void seg_forward(float* y, int32_t* argmax, float* vlast, const float* x, const 
         if (ch.n() == 0) return;
         const int jl = seg_last_bn(ch);
         const bool keep = vlast && jl >= 0;
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW * (nops + 1)))
     {
         const int K = s.K, S = s.S, W = s.W, OW = s.OW;
         const int64_t Wpad = pool ? pool_scratch_len(K, S, OW) : 1;
@@ -270,7 +270,7 @@ void seg_bwd_sums(double* sdy, double* sdx, const float* x, const float* dy, con
         if (ch.n() == 0 || j < 0 || j >= ch.n()) return;
         const bool sparse = pool && vlast && j == seg_last_bn(ch);
         const int upto = seg_fwd_needed(ch);
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW * (nops + 1)))
     {
         const int64_t bl = pool ? int64_t(s.S) * s.W : 1;
         Buf<float> band(bl + V), zeros(bl + V, true);
@@ -343,7 +343,7 @@ void seg_backward(float* dx, const float* x, const float* dy, const int32_t* arg
     seg_dispatch(ops, nops, [&](auto ch) {
         if (ch.n() == 0) return;
         const int upto = seg_fwd_needed(ch);
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW * (nops + 1)))
     {
         const int64_t bl = pool ? int64_t(s.S) * s.W : 1;
         Buf<float> band(bl + V), zeros(bl + V, true);

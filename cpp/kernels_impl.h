@@ -64,6 +64,14 @@ inline void split_range(int64_t total, int nth, int tid, int64_t* b, int64_t* e)
     *e = total * (tid + 1) / nth;
 }
 
+// Parallel regions open only above PAR_MIN_WORK units of work (elements read or written, or
+// multiply-adds / 8 for the convolutions): below it waking the other threads (milliseconds when
+// the machine is loaded) costs more than the work. The test depends only on shapes, so results
+// still depend only on the thread count (with the if false a region runs with one thread and the
+// static splits see nth = 1).
+constexpr int64_t PAR_MIN_WORK = int64_t(1) << 16;
+inline bool par_work(int64_t work) { return work >= PAR_MIN_WORK; }
+
 // ---- blocked reductions over one plane: float SIMD inside chunks, double across chunks --------
 constexpr int64_t RCHUNK = 1024;
 
@@ -203,7 +211,7 @@ void batchnorm_forward_train(float* y, float* mean, float* rstd, const float* x,
     const int64_t P = int64_t(N) * C;
     const bool nt = P * HW * int64_t(sizeof(float)) > NT_BYTES;
     Buf<double> pm(P), pq(P);  // per-plane mean and centred sum of squares
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW))
     {
         int64_t b, e;
         split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
@@ -217,7 +225,7 @@ void batchnorm_forward_train(float* y, float* mean, float* rstd, const float* x,
         }
     }
     bn_combine(mean, rstd, pm.p, pq.p, N, C, HW, eps);
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW))
     {
         int64_t b, e;
         split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
@@ -237,7 +245,7 @@ void batchnorm_forward_infer(float* y, const float* x, const float* gamma, const
                              int HW, float eps) {
     const int64_t P = int64_t(N) * C;
     const bool nt = P * HW * int64_t(sizeof(float)) > NT_BYTES;
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW))
     {
         int64_t b, e;
         split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
@@ -258,7 +266,7 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
                         int HW) {
     const int64_t P = int64_t(N) * C;
     Buf<double> ps(P), pd(P);
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW))
     {
         int64_t b, e;
         split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
@@ -285,7 +293,7 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
     }
     if (!dx) return;
     const bool nt = P * HW * int64_t(sizeof(float)) > NT_BYTES;
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW))
     {
         int64_t b, e;
         split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
@@ -354,7 +362,7 @@ void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float
     const float a = alpha / size;
     const int64_t nch = cdiv(HW, LRN_CHUNK), items = int64_t(N) * nch;
     const bool nt = items * C * LRN_CHUNK * int64_t(sizeof(float)) > NT_BYTES;
-#pragma omp parallel
+#pragma omp parallel if (par_work(int64_t(N) * C * HW))
     {
         Buf<float> sq(int64_t(C) * LRN_CHUNK), ws(LRN_CHUNK), pw(LRN_CHUNK);
         int64_t b, e;
@@ -390,7 +398,7 @@ void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int 
     const float coef = 2.f * alpha * beta / size;
     const int64_t nch = cdiv(HW, LRN_CHUNK), items = int64_t(N) * nch;
     const bool nt = items * C * LRN_CHUNK * int64_t(sizeof(float)) > NT_BYTES;
-#pragma omp parallel
+#pragma omp parallel if (par_work(int64_t(N) * C * HW))
     {
         Buf<float> sq(int64_t(C) * LRN_CHUNK), pw(int64_t(C) * LRN_CHUNK), t(int64_t(C) * LRN_CHUNK),
             ws(LRN_CHUNK), inv(LRN_CHUNK);
@@ -433,10 +441,8 @@ void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int 
 // =============================================================================================
 // ReLU
 // =============================================================================================
-constexpr int64_t EW_MIN_PER_THREAD = 1 << 15;
-
 void relu_forward(float* y, const float* x, int64_t n) {
-#pragma omp parallel if (n > 2 * EW_MIN_PER_THREAD)
+#pragma omp parallel if (par_work(n))
     {
         int64_t b, e;
         split_range(n, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
@@ -448,7 +454,7 @@ void relu_forward(float* y, const float* x, int64_t n) {
     }
 }
 void relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
-#pragma omp parallel if (n > 2 * EW_MIN_PER_THREAD)
+#pragma omp parallel if (par_work(n))
     {
         int64_t b, e;
         split_range(n, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
@@ -516,7 +522,7 @@ void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, in
                      int S, int OH, int OW) {
     const int64_t P = int64_t(N) * C;
     if (OH <= 0 || OW <= 0) return;
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * H * W))
     {
         // vertical results, padded so the gathers of the last partial vector stay inside
         const int64_t Wpad = pool_scratch_len(K, S, OW);
@@ -539,7 +545,7 @@ void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, 
     // are not passed, so recover the row band from the argmax values themselves: rows of output
     // row oy are >= the smallest row of output row oy and < the smallest row of output row oy + 1
     // whenever bands are disjoint; we simply check that and fall back to memset + scatter.
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * HW))
     {
         Buf<float> blk(int64_t(W) * 8 + V);
         int64_t b, e;
@@ -631,7 +637,7 @@ void fc_dots(double* out, const float* x, const float* w, int64_t F) {
 
 void fc_forward(float* y, const float* x, const float* w, const float* b, int N, int F, int O) {
     const int64_t items = N;
-#pragma omp parallel if (int64_t(N) * F * O > (1 << 16))
+#pragma omp parallel if (par_work(int64_t(N) * F * O))
     {
         int64_t bb, e;
         split_range(items, omp_get_num_threads(), omp_get_thread_num(), &bb, &e);
@@ -663,7 +669,7 @@ void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* 
         db[o] += float(s);
     }
     const int64_t nfb = cdiv(F, FC_FB);
-    const bool par = int64_t(N) * F * O > (1 << 16);
+    const bool par = par_work(int64_t(N) * F * O);
 #pragma omp parallel if (par)
     {
         // dw: blocks of columns, each accumulated over the whole batch in double
@@ -717,7 +723,9 @@ void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* 
 // The forward micro-kernel keeps a COB x NV tile of output vectors (COB output channels, NV
 // vectors of V columns) in registers and walks the Cin*KH*KW taps: per tap, NV loads of x and COB
 // broadcasts of w feed COB*NV FMAs. dx (stride 1) is the same engine on dy with flipped weights
-// and padding K-1-pad. dw keeps a COB x TK tile (COB output channels, TK taps of one kernel row)
+// and padding K-1-pad. Small blocks (COB <= 3 with 32 registers: dx of a conv with 3 input
+// channels) use a two-row tile instead (fwd_micro2: each loaded row vector feeds both output
+// rows), walked column tile by column tile so the tile's input rows stay in L1. dw keeps a COB x TK tile (COB output channels, TK taps of one kernel row)
 // of vector dot products over a band of rows and flushes it to per-thread double partials.
 // =============================================================================================
 struct ConvGeo {
@@ -835,6 +843,7 @@ struct FwdArgs {
     int64_t ci_stride;  // BR * s * WB
     int64_t row_stride; // s * WB
     int Cin, KH, KW;
+    int s, OW;          // stride; output row length (two-row kernels)
 };
 
 using FwdFn = void (*)(float* out, int64_t ostride, const FwdArgs& a, int rbase, int nlast);
@@ -932,6 +941,138 @@ void fwd_scalar_block(float* out, int64_t ostride, const FwdArgs& a, int rbase, 
         }
 }
 
+// Two output rows (r, r + 1) at once: every loaded input row vector feeds both rows (taps ky and
+// ky - s), so there are (KH + s) / (2 KH) as many vector loads per FMA as in fwd_micro. Worth it
+// when the block of output channels is small (dx of a conv with few input channels).
+constexpr bool tile2_fits(int cob, int nv) { return 2 * cob * nv + nv + 2 <= Simd::NREG; }
+
+template <int COB, int NV, int MODE>  // MODE 1: row 0 only, 2: row 1 only, 3: both
+inline void fwd2_row(R (&acc0)[COB][NV], R (&acc1)[COB][NV], const float* rp, const float* w0, const float* w1,
+                     const int* koff, int KW) {
+    for (int kx = 0; kx < KW; kx++, w0 += COB, w1 += COB) {
+        const float* xp = rp + koff[kx];
+        R xv[NV];
+#pragma GCC unroll 16
+        for (int j = 0; j < NV; j++) xv[j] = Simd::load(xp + j * V);
+#pragma GCC unroll 16
+        for (int c = 0; c < COB; c++) {
+            if (MODE & 1) {
+                const R wv = Simd::set1(w0[c]);
+#pragma GCC unroll 16
+                for (int j = 0; j < NV; j++) acc0[c][j] = Simd::fma(xv[j], wv, acc0[c][j]);
+            }
+            if (MODE & 2) {
+                const R wv = Simd::set1(w1[c]);
+#pragma GCC unroll 16
+                for (int j = 0; j < NV; j++) acc1[c][j] = Simd::fma(xv[j], wv, acc1[c][j]);
+            }
+        }
+    }
+}
+
+template <int COB, int NV>
+void fwd_micro2(float* out, int64_t ostride, const FwdArgs& a, int rbase, int nlast) {
+    R acc0[COB][NV], acc1[COB][NV];
+#pragma GCC unroll 16
+    for (int c = 0; c < COB; c++) {
+        const R bv = a.bias ? Simd::set1(a.bias[c]) : Simd::zero();
+#pragma GCC unroll 16
+        for (int j = 0; j < NV; j++) acc0[c][j] = acc1[c][j] = bv;
+    }
+    const int64_t tap_row = int64_t(a.KW) * COB;  // packed weights of one (ci, ky)
+    const int st = a.s;
+    for (int ci = 0; ci < a.Cin; ci++) {
+        const float* rp = a.buf + ci * a.ci_stride + int64_t(rbase) * a.row_stride;
+        const float* wci = a.wp + int64_t(ci) * a.KH * tap_row;
+        const int jn = a.KH + st;
+        for (int j = 0; j < jn; j++, rp += a.row_stride) {
+            const bool u0 = j < a.KH, u1 = j >= st;
+            const float* w0 = wci + (u0 ? j : 0) * tap_row;
+            const float* w1 = wci + (u1 ? j - st : 0) * tap_row;
+            if (u0 && u1)
+                fwd2_row<COB, NV, 3>(acc0, acc1, rp, w0, w1, a.koff, a.KW);
+            else if (u0)
+                fwd2_row<COB, NV, 1>(acc0, acc1, rp, w0, w1, a.koff, a.KW);
+            else if (u1)  // (neither: a row between the two windows when s > KH)
+                fwd2_row<COB, NV, 2>(acc0, acc1, rp, w0, w1, a.koff, a.KW);
+        }
+    }
+#pragma GCC unroll 16
+    for (int c = 0; c < COB; c++) {
+        float* op = out + c * ostride;
+        float* oq = op + a.OW;
+#pragma GCC unroll 16
+        for (int j = 0; j < NV - 1; j++) {
+            Simd::store(op + j * V, acc0[c][j]);
+            Simd::store(oq + j * V, acc1[c][j]);
+        }
+        if (nlast == V) {
+            Simd::store(op + (NV - 1) * V, acc0[c][NV - 1]);
+            Simd::store(oq + (NV - 1) * V, acc1[c][NV - 1]);
+        } else {
+            Simd::storep(op + (NV - 1) * V, acc0[c][NV - 1], nlast);
+            Simd::storep(oq + (NV - 1) * V, acc1[c][NV - 1], nlast);
+        }
+    }
+}
+
+template <int COB, int NV>
+FwdFn fwd2_get() {
+    if constexpr (tile2_fits(COB, NV))
+        return &fwd_micro2<COB, NV>;
+    else
+        return nullptr;
+}
+template <int COB>
+FwdFn fwd2_pick_nv(int nv) {
+    switch (nv) {
+        case 1: return fwd2_get<COB, 1>();
+        case 2: return fwd2_get<COB, 2>();
+        case 3: return fwd2_get<COB, 3>();
+        case 4: return fwd2_get<COB, 4>();
+        case 5: return fwd2_get<COB, 5>();
+    }
+    return nullptr;
+}
+inline FwdFn fwd2_pick(int cob, int nv) {
+    switch (cob) {
+        case 1: return fwd2_pick_nv<1>(nv);
+        case 2: return fwd2_pick_nv<2>(nv);
+        case 3: return fwd2_pick_nv<3>(nv);
+    }
+    return nullptr;
+}
+
+// Per block of output channels: the tile kernels of one row of output (full tiles of `step`
+// columns, then the remainder tile whose last vector has nlast columns).
+struct RowPlan {
+    FwdFn full, rem;
+    int step, nlast;
+};
+// pick(cob, nv) -> kernel or null; nvmax: widest tile that fits
+template <class Pick>
+inline void plan_row(RowPlan& p, int cob, int nvmax, int OW, Pick pick) {
+    // widest tile that fits, then evened out over the row: 19 vectors -> 7,7,5 not 8,8,3
+    const int nvec = int(cdiv(OW, V));
+    const int ntile = int(cdiv(nvec, nvmax));
+    const int nv = int(cdiv(nvec, ntile));
+    p.step = nv * V;
+    p.full = pick(cob, nv);
+    const int rem = OW % (nv * V);
+    if (rem) {
+        const int nvr = int(cdiv(rem, V));
+        p.rem = pick(cob, nvr);
+        p.nlast = rem - (nvr - 1) * V;
+    } else {
+        p.rem = nullptr;
+        p.nlast = V;
+    }
+}
+
+#ifndef NDLM_CONV_TWO_ROW_CMAX
+#define NDLM_CONV_TWO_ROW_CMAX (Simd::NREG >= 32 ? 3 : 0)
+#endif
+
 // out (N, Cout, OH, OW) = conv(in (N, Cin, H, W)) with packed weights (see pack_weights)
 void conv_engine(float* out, const float* in, const ConvBlocks& B, const float* wp, const float* bias,
                  const ConvGeo& g) {
@@ -940,35 +1081,25 @@ void conv_engine(float* out, const float* in, const ConvBlocks& B, const float* 
                   out_img = int64_t(g.Cout) * ostride, K = int64_t(g.Cin) * g.KH * g.KW;
     Buf<int> koff(g.KW);
     for (int kx = 0; kx < g.KW; kx++) koff[kx] = (kx % g.s) * g.WB + kx / g.s;
-    // per block: full-step kernel and the remainder kernel
-    Buf<FwdFn> ffull(B.nblk), frem(B.nblk);
-    Buf<int> step(B.nblk), nlast(B.nblk);
+    // per block: one-row plan and, for small blocks, the two-row plan
+    Buf<RowPlan> p1(B.nblk), p2(B.nblk);
     for (int b = 0; b < B.nblk; b++) {
         const int cb = B.cob[b];
+        p1[b] = RowPlan{nullptr, nullptr, 0, 0};
+        p2[b] = RowPlan{nullptr, nullptr, 0, 0};
         if (cb > CMAX) {
-            ffull[b] = frem[b] = nullptr;
-            step[b] = g.OW;
-            nlast[b] = 0;
+            p1[b].step = g.OW;
             continue;
         }
-        // widest tile that fits, then evened out over the row: 19 vectors -> 7,7,5 not 8,8,3
-        const int nvmax = nv_for(cb), nvec = int(cdiv(g.OW, V));
-        const int ntile = int(cdiv(nvec, nvmax));
-        const int nv = int(cdiv(nvec, ntile));
-        step[b] = nv * V;
-        ffull[b] = fwd_pick(cb, nv);
-        const int rem = g.OW % (nv * V);
-        if (rem) {
-            const int nvr = int(cdiv(rem, V));
-            frem[b] = fwd_pick(cb, nvr);
-            nlast[b] = rem - (nvr - 1) * V;
-        } else {
-            frem[b] = nullptr;
-            nlast[b] = V;
+        plan_row(p1[b], cb, nv_for(cb), g.OW, fwd_pick);
+        if (cb <= NDLM_CONV_TWO_ROW_CMAX && g.OH > 1) {
+            int nv2 = 5;
+            while (nv2 > 1 && !tile2_fits(cb, nv2)) nv2--;
+            if (tile2_fits(cb, nv2)) plan_row(p2[b], cb, nv2, g.OW, fwd2_pick);
         }
     }
     const int64_t items = int64_t(g.N) * g.nbands;
-#pragma omp parallel
+#pragma omp parallel if (par_work(items * g.band * g.OW * int64_t(g.Cout) * K / 8))
     {
         Buf<float> buf(g.buf_floats);
         int64_t ib, ie;
@@ -978,31 +1109,54 @@ void conv_engine(float* out, const float* in, const ConvBlocks& B, const float* 
         a.ci_stride = int64_t(g.BR) * g.s * g.WB;
         a.row_stride = int64_t(g.s) * g.WB;
         a.Cin = g.Cin; a.KH = g.KH; a.KW = g.KW;
+        a.s = g.s; a.OW = g.OW;
         for (int64_t it = ib; it < ie; it++) {
             const int64_t n = it / g.nbands;
             const int oy0 = int(it % g.nbands) * g.band, nr = mini(g.band, g.OH - oy0);
             prep_band(buf.p, in + n * in_img, g, oy0, nr);
+            // two-row blocks: column tiles outer, row pairs inner (a tile's input rows stay in L1)
+            for (int b = 0; b < B.nblk; b++) {
+                const RowPlan& q = p2[b];
+                if (!q.full) continue;
+                const int c0 = B.c0[b];
+                float* ob0 = out + n * out_img + c0 * ostride + int64_t(oy0) * g.OW;
+                a.wp = wp + c0 * K;
+                a.bias = bias ? bias + c0 : nullptr;
+                for (int ox0 = 0; ox0 < g.OW; ox0 += q.step) {
+                    a.buf = buf.p + ox0;
+                    const bool full = ox0 + q.step <= g.OW;
+                    const FwdFn f2 = full ? q.full : q.rem;
+                    const int nl = full ? V : q.nlast;
+                    int r = 0;
+                    for (; r + 2 <= nr; r += 2) f2(ob0 + int64_t(r) * g.OW + ox0, ostride, a, r * g.s, nl);
+                    if (r < nr) {  // odd row: the one-row kernel of the same width
+                        const int nv = full ? q.step / V : int(cdiv(g.OW - ox0, V));
+                        fwd_pick(B.cob[b], nv)(ob0 + int64_t(r) * g.OW + ox0, ostride, a, r * g.s, nl);
+                    }
+                }
+            }
             for (int r = 0; r < nr; r++) {
                 const int oy = oy0 + r;
                 for (int b = 0; b < B.nblk; b++) {
+                    if (p2[b].full) continue;
                     const int c0 = B.c0[b];
                     float* ob = out + n * out_img + c0 * ostride + int64_t(oy) * g.OW;
                     a.wp = wp + c0 * K;
                     a.bias = bias ? bias + c0 : nullptr;
-                    if (!ffull[b]) {
+                    const RowPlan& q = p1[b];
+                    if (!q.full) {
                         a.buf = buf.p;
                         fwd_scalar_block(ob, ostride, a, r * g.s, B.cob[b], g.OW);
                         continue;
                     }
-                    const int st = step[b];
                     int ox0 = 0;
-                    for (; ox0 + st <= g.OW; ox0 += st) {
+                    for (; ox0 + q.step <= g.OW; ox0 += q.step) {
                         a.buf = buf.p + ox0;
-                        ffull[b](ob + ox0, ostride, a, r * g.s, V);
+                        q.full(ob + ox0, ostride, a, r * g.s, V);
                     }
                     if (ox0 < g.OW) {
                         a.buf = buf.p + ox0;
-                        frem[b](ob + ox0, ostride, a, r * g.s, nlast[b]);
+                        q.rem(ob + ox0, ostride, a, r * g.s, q.nlast);
                     }
                 }
             }
@@ -1117,7 +1271,7 @@ inline DwFn dw_pick(int cob, int tk) {
     return nullptr;
 }
 
-constexpr int DW_BAND = 8;  // output rows summed in float before the flush to double
+constexpr int DW_BAND = 16;  // output rows summed in float before the flush to double
 
 void conv_dw(float* dw, float* db, const float* dy, const float* x, const ConvShape& s) {
     const int64_t KW_total = int64_t(s.Cout) * s.Cin * s.KH * s.KW;
@@ -1149,7 +1303,7 @@ void conv_dw(float* dw, float* db, const float* dy, const float* x, const ConvSh
                       out_img = int64_t(s.Cout) * ostride;
         const int64_t items = int64_t(s.N) * g.nbands;
         const int64_t dw_cstride = int64_t(s.Cin) * s.KH * s.KW;
-#pragma omp parallel
+#pragma omp parallel if (par_work(int64_t(s.N) * ostride * s.Cout * dw_cstride / 8))
         {
             const int tid = omp_get_thread_num();
             double* my = part.p + tid * stride_part;
@@ -1203,7 +1357,7 @@ void conv_dw(float* dw, float* db, const float* dy, const float* x, const ConvSh
 // dx for stride > 1: per (image, input channel) plane, scatter of dy * w (correct, not tuned)
 void conv_dx_strided(float* dx, const float* dy, const float* w, const ConvShape& s) {
     const int64_t P = int64_t(s.N) * s.Cin, HW = int64_t(s.H) * s.W, OHW = int64_t(s.OH) * s.OW;
-#pragma omp parallel
+#pragma omp parallel if (par_work(P * OHW * s.Cout * s.KH * s.KW / 8))
     {
         int64_t b, e;
         split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
@@ -1242,9 +1396,11 @@ void conv_backward(float* dx, float* dw, float* db, const float* dy, const float
             // dx = full correlation of dy with the flipped kernels: a stride-1 convolution of dy
             // (Cout channels, OH x OW) with padding K - 1 - pad, giving H x W
             if (s.N > 0 && s.Cin > 0 && s.H > 0 && s.W > 0) {
+                // larger band than the forward: 10-channel dy rows, fewer re-copied halo rows;
+                // the two-row tiles walk it by column tiles, so only a tile's rows need L1
                 ConvGeo g;
                 make_geo(g, s.N, s.Cout, s.OH, s.OW, s.Cin, s.KH, s.KW, 1, s.KH - 1 - s.pad,
-                         s.KW - 1 - s.pad, s.H, s.W, 16, 48 * 1024, omp_get_max_threads());
+                         s.KW - 1 - s.pad, s.H, s.W, 16, 96 * 1024, omp_get_max_threads());
                 ConvBlocks B;
                 make_blocks(B, s.Cin, NDLM_CONV_CMAX_FWD);
                 Buf<float> wp(int64_t(s.Cout) * s.Cin * s.KH * s.KW);

@@ -14,6 +14,10 @@
 
 namespace ndlm {
 
+// Parallel loops open only above this many elements (as the kernels' PAR_MIN_WORK): waking the
+// other threads costs more than small work. Elementwise loops: results do not depend on it.
+static constexpr int64_t kParMinWork = int64_t(1) << 16;
+
 static const char* type_name(LayerType t) {
     switch (t) {
         case LayerType::BatchNorm: return "batchnorm";
@@ -235,7 +239,7 @@ void Network::load_batch(float* dst, const ImageBatch& X, const int64_t* idx, in
     const int64_t HW = int64_t(H_) * W_, img = HW * C_;
     const float sc = input_scale_;
     const int C = C_;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * img >= kParMinWork)
     for (int64_t i = 0; i < B; i++) {
         const int64_t src = idx ? idx[i] : i;
         float* d = dst + i * img;
@@ -509,7 +513,7 @@ void Network::adam_update() {
     float* m = adam_m();
     float* v = adam_v();
     const int64_t P = P_;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (P >= kParMinWork)
     for (int64_t i = 0; i < P; i++) {
         m[i] = b1 * m[i] + (1.f - b1) * g[i];
         v[i] = b2 * v[i] + (1.f - b2) * g[i] * g[i];
