@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "kernels_table.h"
 #include "simd.h"
@@ -819,6 +820,19 @@ void pack_weights(float* wp, const ConvBlocks& B, int Cin, int KH, int KW, Get g
 }
 
 constexpr bool tile_fits(int cob, int nv) { return cob * nv + cob + 1 <= Simd::NREG; }
+
+// Micro-kernels are templates over their tile (A, B); a run-time (a, b) in [1, NA] x [1, NB] picks
+// one from a table built at compile time. Make<A, B>::get() is the kernel, or null where the tile
+// does not fit the registers (then it is never instantiated).
+template <class Fn, template <int, int> class Make, int NA, int NB, size_t... I>
+Fn pick_tile(int a, int b, std::index_sequence<I...>) {
+    static const Fn table[] = {Make<int(I) / NB + 1, int(I) % NB + 1>::get()...};
+    return a >= 1 && a <= NA && b >= 1 && b <= NB ? table[(a - 1) * NB + (b - 1)] : nullptr;
+}
+template <class Fn, template <int, int> class Make, int NA, int NB>
+Fn pick_tile(int a, int b) {
+    return pick_tile<Fn, Make, NA, NB>(a, b, std::make_index_sequence<size_t(NA * NB)>{});
+}
 constexpr int NVMAX = 8;
 constexpr int CMAX = 12;  // largest instantiated block of output channels
 #ifndef NDLM_CONV_CMAX_FWD
@@ -888,43 +902,15 @@ void fwd_micro(float* out, int64_t ostride, const FwdArgs& a, int rbase, int nla
 }
 
 template <int COB, int NV>
-FwdFn fwd_get() {
-    if constexpr (NV == 1 || tile_fits(COB, NV))
-        return &fwd_micro<COB, NV>;
-    else
-        return nullptr;
-}
-template <int COB>
-FwdFn fwd_pick_nv(int nv) {
-    switch (nv) {
-        case 1: return fwd_get<COB, 1>();
-        case 2: return fwd_get<COB, 2>();
-        case 3: return fwd_get<COB, 3>();
-        case 4: return fwd_get<COB, 4>();
-        case 5: return fwd_get<COB, 5>();
-        case 6: return fwd_get<COB, 6>();
-        case 7: return fwd_get<COB, 7>();
-        case 8: return fwd_get<COB, 8>();
+struct FwdTile {
+    static FwdFn get() {
+        if constexpr (NV == 1 || tile_fits(COB, NV))
+            return &fwd_micro<COB, NV>;
+        else
+            return nullptr;
     }
-    return nullptr;
-}
-inline FwdFn fwd_pick(int cob, int nv) {
-    switch (cob) {
-        case 1: return fwd_pick_nv<1>(nv);
-        case 2: return fwd_pick_nv<2>(nv);
-        case 3: return fwd_pick_nv<3>(nv);
-        case 4: return fwd_pick_nv<4>(nv);
-        case 5: return fwd_pick_nv<5>(nv);
-        case 6: return fwd_pick_nv<6>(nv);
-        case 7: return fwd_pick_nv<7>(nv);
-        case 8: return fwd_pick_nv<8>(nv);
-        case 9: return fwd_pick_nv<9>(nv);
-        case 10: return fwd_pick_nv<10>(nv);
-        case 11: return fwd_pick_nv<11>(nv);
-        case 12: return fwd_pick_nv<12>(nv);
-    }
-    return nullptr;
-}
+};
+inline FwdFn fwd_pick(int cob, int nv) { return pick_tile<FwdFn, FwdTile, CMAX, NVMAX>(cob, nv); }
 
 // Generic scalar tile for blocks larger than CMAX (only when Cout > 1024 * CMAX).
 void fwd_scalar_block(float* out, int64_t ostride, const FwdArgs& a, int rbase, int cob, int ncols) {
@@ -1017,31 +1003,15 @@ void fwd_micro2(float* out, int64_t ostride, const FwdArgs& a, int rbase, int nl
 }
 
 template <int COB, int NV>
-FwdFn fwd2_get() {
-    if constexpr (tile2_fits(COB, NV))
-        return &fwd_micro2<COB, NV>;
-    else
-        return nullptr;
-}
-template <int COB>
-FwdFn fwd2_pick_nv(int nv) {
-    switch (nv) {
-        case 1: return fwd2_get<COB, 1>();
-        case 2: return fwd2_get<COB, 2>();
-        case 3: return fwd2_get<COB, 3>();
-        case 4: return fwd2_get<COB, 4>();
-        case 5: return fwd2_get<COB, 5>();
+struct Fwd2Tile {
+    static FwdFn get() {
+        if constexpr (tile2_fits(COB, NV))
+            return &fwd_micro2<COB, NV>;
+        else
+            return nullptr;
     }
-    return nullptr;
-}
-inline FwdFn fwd2_pick(int cob, int nv) {
-    switch (cob) {
-        case 1: return fwd2_pick_nv<1>(nv);
-        case 2: return fwd2_pick_nv<2>(nv);
-        case 3: return fwd2_pick_nv<3>(nv);
-    }
-    return nullptr;
-}
+};
+inline FwdFn fwd2_pick(int cob, int nv) { return pick_tile<FwdFn, Fwd2Tile, 3, 5>(cob, nv); }
 
 // Per block of output channels: the tile kernels of one row of output (full tiles of `step`
 // columns, then the remainder tile whose last vector has nlast columns).
@@ -1233,43 +1203,15 @@ void dw_micro(const DwArgs& a) {
 }
 
 template <int COB, int TK>
-DwFn dw_get() {
-    if constexpr (TK == 1 || tile_fits(COB, TK))
-        return &dw_micro<COB, TK>;
-    else
-        return nullptr;
-}
-template <int COB>
-DwFn dw_pick_tk(int tk) {
-    switch (tk) {
-        case 1: return dw_get<COB, 1>();
-        case 2: return dw_get<COB, 2>();
-        case 3: return dw_get<COB, 3>();
-        case 4: return dw_get<COB, 4>();
-        case 5: return dw_get<COB, 5>();
-        case 6: return dw_get<COB, 6>();
-        case 7: return dw_get<COB, 7>();
-        case 8: return dw_get<COB, 8>();
+struct DwTile {
+    static DwFn get() {
+        if constexpr (TK == 1 || tile_fits(COB, TK))
+            return &dw_micro<COB, TK>;
+        else
+            return nullptr;
     }
-    return nullptr;
-}
-inline DwFn dw_pick(int cob, int tk) {
-    switch (cob) {
-        case 1: return dw_pick_tk<1>(tk);
-        case 2: return dw_pick_tk<2>(tk);
-        case 3: return dw_pick_tk<3>(tk);
-        case 4: return dw_pick_tk<4>(tk);
-        case 5: return dw_pick_tk<5>(tk);
-        case 6: return dw_pick_tk<6>(tk);
-        case 7: return dw_pick_tk<7>(tk);
-        case 8: return dw_pick_tk<8>(tk);
-        case 9: return dw_pick_tk<9>(tk);
-        case 10: return dw_pick_tk<10>(tk);
-        case 11: return dw_pick_tk<11>(tk);
-        case 12: return dw_pick_tk<12>(tk);
-    }
-    return nullptr;
-}
+};
+inline DwFn dw_pick(int cob, int tk) { return pick_tile<DwFn, DwTile, CMAX, NVMAX>(cob, tk); }
 
 constexpr int DW_BAND = 16;  // output rows summed in float before the flush to double
 
