@@ -290,7 +290,12 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         return self._fit(X, y, X_val, y_val, incremental=False)
 
     def partial_fit(self, X, y, classes=None):
-        """One epoch over (X, y). ``classes`` is required on the first call."""
+        """One epoch over (X, y). ``classes`` is required on the first call.
+
+        The C++ working buffers (the activations of one mini-batch) stay allocated between
+        calls, so a loop of ``partial_fit`` calls does not reallocate them; ``fit`` and
+        ``predict``/``predict_proba`` free them when they finish.
+        """
         first = not hasattr(self, "classes_")
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
@@ -399,7 +404,8 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             if keep_best and getattr(self, "_best_state", None) is not None:
                 self._net.set_state(self._best_state)
             self._best_state = None
-            self._net.release_buffers()
+            if not incremental:  # a loop of partial_fit calls reuses the mini-batch buffers
+                self._net.release_buffers()
         return self
 
     def _run_epoch(self, X, y_enc, train_idx):
