@@ -357,6 +357,12 @@ inline void lrn_window(float* wsum, const float* src, int64_t ld, int c, int C, 
     }
 }
 
+// Channel c's window is channel c-1's (both clipped to all C channels, e.g. NDLM's 3 input
+// channels with size 5): the window sum and its power can be reused.
+inline bool lrn_same_window(int c, int C, int h) {
+    return c > 0 && maxi(0, c - h) == maxi(0, c - 1 - h) && mini(C - 1, c + h) == mini(C - 1, c - 1 + h);
+}
+
 void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta,
                  float k) {
     const int h = size / 2;
@@ -379,8 +385,10 @@ void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float
                 for (int i = 0; i < len; i++) s[i] = xc[i] * xc[i];
             }
             for (int c = 0; c < C; c++) {
-                lrn_window(ws.p, sq.p, LRN_CHUNK, c, C, h, len);
-                lrn_pow(pw.p, nullptr, ws.p, len, k, a, beta);
+                if (!lrn_same_window(c, C, h)) {  // few channels: every window is the same one
+                    lrn_window(ws.p, sq.p, LRN_CHUNK, c, C, h, len);
+                    lrn_pow(pw.p, nullptr, ws.p, len, k, a, beta);
+                }
                 const float* xc = xn + int64_t(c) * HW;
                 const float* pp = pw.p;
                 map_vec(yn + int64_t(c) * HW, len, nt, [&](int64_t i, int kk) {
@@ -415,16 +423,20 @@ void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int 
                 for (int i = 0; i < len; i++) s[i] = xc[i] * xc[i];
             }
             for (int c = 0; c < C; c++) {
-                lrn_window(ws.p, sq.p, LRN_CHUNK, c, C, h, len);
                 float* p = pw.p + int64_t(c) * LRN_CHUNK;
-                lrn_pow(p, inv.p, ws.p, len, k, a, beta);
+                if (lrn_same_window(c, C, h)) {
+                    std::memcpy(p, p - LRN_CHUNK, sizeof(float) * size_t(len));  // inv is unchanged too
+                } else {
+                    lrn_window(ws.p, sq.p, LRN_CHUNK, c, C, h, len);
+                    lrn_pow(p, inv.p, ws.p, len, k, a, beta);
+                }
                 const float* xc = x + o + int64_t(c) * HW;
                 const float* gc = dy + o + int64_t(c) * HW;
                 float* tc = t.p + int64_t(c) * LRN_CHUNK;
                 for (int i = 0; i < len; i++) tc[i] = gc[i] * xc[i] * p[i] * inv[i];
             }
             for (int c = 0; c < C; c++) {
-                lrn_window(ws.p, t.p, LRN_CHUNK, c, C, h, len);
+                if (!lrn_same_window(c, C, h)) lrn_window(ws.p, t.p, LRN_CHUNK, c, C, h, len);
                 const float* p = pw.p + int64_t(c) * LRN_CHUNK;
                 const float* xc = x + o + int64_t(c) * HW;
                 const float* gc = dy + o + int64_t(c) * HW;
