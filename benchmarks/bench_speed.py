@@ -195,7 +195,7 @@ def check_same_outputs(size, threads):
     g_ours = [p.detach() for p in build_torch(clf2.layers_, clf2.image_shape_, _as_layer_params(net, net.grads.copy())).parameters()]
     rel = [float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(g_ours, g_torch)]
     res["loss_ours"] = float(loss_ours)
-    res["loss_torch"] = float(loss_t)
+    res["loss_torch"] = float(loss_t.detach())
     res["max_rel_diff_gradients"] = max(r for r, g in zip(rel, g_torch) if float(g.abs().max()) > 1e-3)
     # one Adam step from a fresh optimizer state on both sides
     opt = adam_for(model2, lr=clf2.learning_rate_init, l2=clf2.alpha)
