@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "kernels_table.h"
@@ -48,7 +49,8 @@ struct Buf {
     explicit Buf(int64_t n, bool zero = false) {
         const size_t bytes = size_t(round_up(n > 0 ? n * int64_t(sizeof(T)) : 64, 64));
         void* q = nullptr;
-        if (posix_memalign(&q, 64, bytes) != 0) q = nullptr;
+        // never a null buffer: outside a parallel region this reaches Python as MemoryError
+        if (posix_memalign(&q, 64, bytes) != 0) throw std::bad_alloc();
         p = static_cast<T*>(q);
         if (zero && p) std::memset(p, 0, bytes);
     }
