@@ -79,11 +79,11 @@ def test_train_joblib_other_architecture_and_folder(workdir, image_folder):
     path = workdir / "m.joblib"
     with pytest.warns(UserWarning, match="broken.jpg"):  # load_pbc's PBCDataWarning
         code, out, err = run(*TRAIN, "--architecture", "dfcn", "--test-size", "0.3", "--seed", "3",
-                             "--data", image_folder, "--save", path)
+                             "--augment", "--data", image_folder, "--save", path)
     assert code == 0, err
     assert "Loaded 6 images of 2 classes" in out  # load_pbc reads <class>/<file> only
     clf = joblib.load(path)
-    assert isinstance(clf, NDLMClassifier) and clf.architecture == "dfcn"
+    assert isinstance(clf, NDLMClassifier) and clf.architecture == "dfcn" and clf.augment is True
     assert list(clf.classes_) == ["basophil", "monocyte"]
 
 

@@ -172,6 +172,8 @@ def _setup_train(sub):
     p.add_argument("--architecture", default="ndlm", metavar="PRESET|FILE.json",
                    help="a preset (ndlm, ndel, dfcn, dl, dftl, cdfl) or a JSON file with a "
                         "list of layers (default: ndlm)")
+    p.add_argument("--augment", action="store_true",
+                   help="train on random flips / 90-degree rotations of the images (not in the paper)")
     p.add_argument("--save", metavar="MODEL",
                    help="save the fitted model: MODEL.ndlm (safe format) or MODEL.joblib")
     p.add_argument("--verbose", action="store_true", help="print one line per epoch")
@@ -204,7 +206,7 @@ def _run_train(args):
     clf = NDLMClassifier(
         architecture, max_iter=args.epochs, batch_size=args.batch_size,
         learning_rate_init=args.learning_rate, random_state=args.seed, n_jobs=args.threads,
-        verbose=args.verbose,
+        augment=args.augment, verbose=args.verbose,
     )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
