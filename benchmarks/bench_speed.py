@@ -215,7 +215,7 @@ def check_same_outputs(size, threads):
         informative = g.abs() > 1e-4
         noise += int((~informative).sum())
         if informative.any():
-            diffs.append(float((a - b)[informative].abs().max()))
+            diffs.append(float((a - b).detach()[informative].abs().max()))
     res["max_abs_diff_params_after_adam_step"] = max(diffs)
     res["adam_step_elements_with_zero_gradient"] = noise
     return res
@@ -223,13 +223,10 @@ def check_same_outputs(size, threads):
 
 def _as_layer_params(net, flat):
     """A flat vector laid out like the parameters (e.g. the gradients), as per-layer arrays."""
-    st = net.get_state()
-    keep = st["params"].copy()
-    st["params"][:] = flat
-    net.set_state(st)
+    keep = net.params.copy()
+    net.params[:] = flat  # a writable view of the network's parameters
     out = net.layer_params()
-    st["params"][:] = keep
-    net.set_state(st)
+    net.params[:] = keep
     return out
 
 
@@ -387,8 +384,8 @@ def write_report(results, out):
     steps = prof["steps"]
     lines += ["", f"Per-layer time of one ndlm_sk training step (batch {prof['batch']}, ms per step):", "",
               "| # | layer | forward ms | backward ms |", "|---|---|---|---|"]
-    fused = {first: last for first, _, last in
-             ((sg[0], sg[1], sg[2] if sg[2] is not None else sg[1]) for sg in prof.get("segments", []))}
+    # segment (first, last, pool): its layers run as one pass, from first to the pool if any
+    fused = {sg[0]: sg[1] if sg[2] is None else sg[2] for sg in prof.get("segments", [])}
     i = 0
     while i < len(prof["layers"]):
         j = fused.get(i, i)  # a fused segment runs (and is timed) as one pass, booked on its first layer

@@ -52,7 +52,7 @@ struct Buf {
         // never a null buffer: outside a parallel region this reaches Python as MemoryError
         if (posix_memalign(&q, 64, bytes) != 0) throw std::bad_alloc();
         p = static_cast<T*>(q);
-        if (zero && p) std::memset(p, 0, bytes);
+        if (zero) std::memset(p, 0, bytes);
     }
     ~Buf() { std::free(p); }
     Buf(const Buf&) = delete;

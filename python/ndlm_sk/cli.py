@@ -146,6 +146,11 @@ def _print_report(y_true, y_pred, classes, extra, out):
 
 
 # --------------------------------------------------------------------------------- train
+def _add_augment_flag(p):
+    p.add_argument("--augment", action="store_true",
+                   help="train on random flips / 90-degree rotations of the images (not in the paper)")
+
+
 def _setup_train(sub):
     p = sub.add_parser(
         "train", help="train on an image folder (default: the embedded sample) and report",
@@ -172,8 +177,7 @@ def _setup_train(sub):
     p.add_argument("--architecture", default="ndlm", metavar="PRESET|FILE.json",
                    help="a preset (ndlm, ndel, dfcn, dl, dftl, cdfl) or a JSON file with a "
                         "list of layers (default: ndlm)")
-    p.add_argument("--augment", action="store_true",
-                   help="train on random flips / 90-degree rotations of the images (not in the paper)")
+    _add_augment_flag(p)
     p.add_argument("--save", metavar="MODEL",
                    help="save the fitted model: MODEL.ndlm (safe format) or MODEL.joblib")
     p.add_argument("--verbose", action="store_true", help="print one line per epoch")
@@ -416,8 +420,7 @@ def _setup_reproduce(sub):
     p.add_argument("--threads", type=int, default=None,
                    help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)")
     p.add_argument("--architecture", default="ndlm", metavar="PRESET", help="layer stack preset (default: ndlm)")
-    p.add_argument("--augment", action="store_true",
-                   help="train on random flips / 90-degree rotations of the images (not in the paper)")
+    _add_augment_flag(p)
     p.set_defaults(run=_run_reproduce)
 
 
