@@ -48,6 +48,7 @@ def _images(n, size, seed=0):
 def _fitted_classifier(size, threads, architecture="ndlm"):
     """An NDLMClassifier after one partial_fit (so batch norm running statistics are real)."""
     from ndlm_sk import NDLMClassifier
+
     X, y = _images(16, size, seed=1)
     clf = NDLMClassifier(architecture, batch_size=8, random_state=0, n_jobs=threads)
     clf.partial_fit(X, y, classes=np.arange(N_CLASSES))
@@ -112,6 +113,7 @@ def worker(cfg):
     elif fw == "torch":
         import torch
         from torch_ndlm import adam_for, build_torch, to_nchw
+
         torch.set_num_threads(threads)
         clf = _fitted_classifier(size, 1)
         model = build_torch(clf.layers_, clf.image_shape_, clf.get_layer_params())
@@ -127,6 +129,7 @@ def worker(cfg):
                 loss = lossf(model(xt), yt)
                 loss.backward()
                 opt.step()
+
             _reset_peak()
             t = _median_time(step, reps)
         else:
@@ -135,12 +138,14 @@ def worker(cfg):
             def infer():
                 with torch.no_grad():
                     torch.softmax(model(xt), dim=1)
+
             _reset_peak()
             t = _median_time(infer, reps)
         out["torch"] = torch.__version__
     elif fw == "ort":
         import onnxruntime as ort
         from ndlm_sk import to_onnx
+
         clf = _fitted_classifier(size, 1)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -172,6 +177,7 @@ def check_same_outputs(size, threads):
     import torch
     from ndlm_sk import to_onnx
     from torch_ndlm import adam_for, build_torch, to_nchw
+
     torch.set_num_threads(threads)
     clf = _fitted_classifier(size, threads)
     X, y = _images(8, size, seed=2)
@@ -182,8 +188,10 @@ def check_same_outputs(size, threads):
     sess = ort.InferenceSession(to_onnx(clf).SerializeToString(), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {sess.get_inputs()[0].name: X})
     p_ort = next(o for o in outs if getattr(o, "dtype", None) == np.float32 and o.ndim == 2)
-    res = {"max_abs_diff_proba_torch": float(np.abs(p_ours - p_torch).max()),
-           "max_abs_diff_proba_onnxruntime": float(np.abs(p_ours - p_ort).max())}
+    res = {
+        "max_abs_diff_proba_torch": float(np.abs(p_ours - p_torch).max()),
+        "max_abs_diff_proba_onnxruntime": float(np.abs(p_ours - p_ort).max()),
+    }
     # gradients from identical weights: ours (loss_and_grad) vs PyTorch (autograd)
     clf2 = _fitted_classifier(size, threads)
     net = clf2._net
@@ -192,7 +200,10 @@ def check_same_outputs(size, threads):
     loss_t = torch.nn.CrossEntropyLoss()(model2(to_nchw(X, SCALE)), torch.from_numpy(y.astype(np.int64)))
     loss_t.backward()
     g_torch = [p.grad.detach().clone() for p in model2.parameters()]
-    g_ours = [p.detach() for p in build_torch(clf2.layers_, clf2.image_shape_, _as_layer_params(net, net.grads.copy())).parameters()]
+    g_ours = [
+        p.detach()
+        for p in build_torch(clf2.layers_, clf2.image_shape_, _as_layer_params(net, net.grads.copy())).parameters()
+    ]
     rel = [float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(g_ours, g_torch)]
     res["loss_ours"] = float(loss_ours)
     res["loss_torch"] = float(loss_t.detach())
@@ -232,6 +243,7 @@ def _as_layer_params(net, flat):
 
 def gemm_peak(threads, n=2048, reps=5):
     import torch
+
     torch.set_num_threads(threads)
     a = torch.randn(n, n)
     b = torch.randn(n, n)
@@ -279,11 +291,22 @@ def main():
     import ndlm_sk
     import onnxruntime
     import torch
+
     T = args.threads
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": T, "python": platform.python_version(),
-            "ndlm_sk": ndlm_sk.__version__, "simd": ndlm_sk.simd_level(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "image_size": args.size,
-            "rounds": args.rounds, "command": "python " + " ".join(sys.argv)}
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": T,
+        "python": platform.python_version(),
+        "ndlm_sk": ndlm_sk.__version__,
+        "simd": ndlm_sk.simd_level(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "image_size": args.size,
+        "rounds": args.rounds,
+        "command": "python " + " ".join(sys.argv),
+    }
     print(json.dumps(info, indent=1), flush=True)
     results = {"info": info}
     results["checks"] = check_same_outputs(64, T)
@@ -305,29 +328,41 @@ def main():
             r["rounds_images_per_s"] = ips
             r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
             out.append(r)
-            print(f"{label} {fw:6s}: {r['images_per_s']:8.1f} img/s (rounds: {', '.join(f'{v:.1f}' for v in ips)})"
-                  f"  peak {r['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"{label} {fw:6s}: {r['images_per_s']:8.1f} img/s (rounds: {', '.join(f'{v:.1f}' for v in ips)})"
+                f"  peak {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
         return out
 
     rows = []
     for B in map(int, args.train_batches.split(",")):
-        rows += measure(f"train B={B:4d}", [dict(fw=fw, mode="train", batch=B, size=args.size, threads=T,
-                                                  reps=args.reps) for fw in ("ours", "torch")])
+        rows += measure(
+            f"train B={B:4d}",
+            [dict(fw=fw, mode="train", batch=B, size=args.size, threads=T, reps=args.reps) for fw in ("ours", "torch")],
+        )
     for B in map(int, args.infer_batches.split(",")):
         reps = args.reps * (5 if B == 1 else 1)
-        rows += measure(f"infer B={B:4d}", [dict(fw=fw, mode="infer", batch=B, size=args.size, threads=T, reps=reps)
-                                            for fw in ("ours", "torch", "ort")])
+        rows += measure(
+            f"infer B={B:4d}",
+            [
+                dict(fw=fw, mode="infer", batch=B, size=args.size, threads=T, reps=reps)
+                for fw in ("ours", "torch", "ort")
+            ],
+        )
     results["runs"] = rows
 
     scaling = []
     for size in map(int, args.scaling_sizes.split(",")):
         for t in sorted({1, T}):
-            scaling += measure(f"scaling size={size} threads={t}",
-                               [dict(fw="ours", mode="train", batch=32, size=size, threads=t,
-                                     reps=max(3, args.reps // 2))])
+            scaling += measure(
+                f"scaling size={size} threads={t}",
+                [dict(fw="ours", mode="train", batch=32, size=size, threads=t, reps=max(3, args.reps // 2))],
+            )
     results["scaling"] = scaling
 
     from ndlm_sk import PRESETS, NDLMClassifier  # noqa: F401
+
     clf = _fitted_classifier(64, 1)
     fwd, train = train_flops_per_image(clf.layers_, (args.size, args.size, 3))
     results["flops_per_image"] = {"forward": fwd, "train": train}
@@ -339,27 +374,34 @@ def write_report(results, out):
         for r in results["runs"]:
             if (r["fw"], r["mode"], r["batch"]) == (fw, mode, B):
                 return r
+
     info = results["info"]
     peak = results["gemm_peak_gflops"]
-    lines = [f"# NDLM speed: ndlm_sk vs PyTorch vs onnxruntime", "",
-             f"Command: `{info['command']}`", "",
-             f"CPU: {info['cpu']} ({info['cores']} cores), {info['threads']} threads for every framework; "
-             f"ndlm_sk {info['ndlm_sk']} ({info['simd']}), PyTorch {info['torch']}, onnxruntime {info['onnxruntime']}, "
-             f"Python {info['python']}. Input {info['image_size']}x{info['image_size']}x3, 5 classes. "
-             f"Each number is the median of {info.get('rounds', 1)} rounds; a round runs every framework once, in turn, "
-             f"each in a fresh process that reports the median of its timed repetitions "
-             f"(every round's value is in results.json).", "",
-             f"Same outputs first: max |p_ours - p_torch| = {results['checks']['max_abs_diff_proba_torch']:.2e}, "
-             f"max |p_ours - p_onnxruntime| = {results['checks']['max_abs_diff_proba_onnxruntime']:.2e}; "
-             f"loss {results['checks']['loss_ours']:.6f} (ours) vs {results['checks']['loss_torch']:.6f} (PyTorch), "
-             f"gradients equal to a max relative difference of {results['checks']['max_rel_diff_gradients']:.1e}; "
-             f"after one Adam step from the same weights, max |w_ours - w_torch| = "
-             f"{results['checks']['max_abs_diff_params_after_adam_step']:.2e} over the elements with a nonzero gradient "
-             f"({results['checks']['adam_step_elements_with_zero_gradient']} elements have an exactly-zero true gradient, "
-             f"e.g. the conv bias before batch norm, where Adam's normalized first step moves either framework by "
-             f"up to the learning rate on rounding noise).", "",
-             "| task | batch | ndlm_sk img/s | PyTorch img/s | onnxruntime img/s | ours / PyTorch | ours / onnxruntime | peak MB (ours / torch / ort) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# NDLM speed: ndlm_sk vs PyTorch vs onnxruntime",
+        "",
+        f"Command: `{info['command']}`",
+        "",
+        f"CPU: {info['cpu']} ({info['cores']} cores), {info['threads']} threads for every framework; "
+        f"ndlm_sk {info['ndlm_sk']} ({info['simd']}), PyTorch {info['torch']}, onnxruntime {info['onnxruntime']}, "
+        f"Python {info['python']}. Input {info['image_size']}x{info['image_size']}x3, 5 classes. "
+        f"Each number is the median of {info.get('rounds', 1)} rounds; a round runs every framework once, in turn, "
+        f"each in a fresh process that reports the median of its timed repetitions "
+        f"(every round's value is in results.json).",
+        "",
+        f"Same outputs first: max |p_ours - p_torch| = {results['checks']['max_abs_diff_proba_torch']:.2e}, "
+        f"max |p_ours - p_onnxruntime| = {results['checks']['max_abs_diff_proba_onnxruntime']:.2e}; "
+        f"loss {results['checks']['loss_ours']:.6f} (ours) vs {results['checks']['loss_torch']:.6f} (PyTorch), "
+        f"gradients equal to a max relative difference of {results['checks']['max_rel_diff_gradients']:.1e}; "
+        f"after one Adam step from the same weights, max |w_ours - w_torch| = "
+        f"{results['checks']['max_abs_diff_params_after_adam_step']:.2e} over the elements with a nonzero gradient "
+        f"({results['checks']['adam_step_elements_with_zero_gradient']} elements have an exactly-zero true gradient, "
+        f"e.g. the conv bias before batch norm, where Adam's normalized first step moves either framework by "
+        f"up to the learning rate on rounding noise).",
+        "",
+        "| task | batch | ndlm_sk img/s | PyTorch img/s | onnxruntime img/s | ours / PyTorch | ours / onnxruntime | peak MB (ours / torch / ort) |",  # noqa: E501
+        "|---|---|---|---|---|---|---|---|",
+    ]
     fl = results["flops_per_image"]["train"]
     for r in results["runs"]:
         if r["fw"] != "ours":
@@ -368,13 +410,21 @@ def write_report(results, out):
         o = get("ort", r["mode"], r["batch"]) if r["mode"] == "infer" else None
         lines.append(
             f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.1f} | {t['images_per_s']:.1f} | "
-            f"{o['images_per_s']:.1f} | " if o else
-            f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.1f} | {t['images_per_s']:.1f} | - | ")
-        lines[-1] += (f"{r['images_per_s'] / t['images_per_s']:.1f}x | "
-                      + (f"{r['images_per_s'] / o['images_per_s']:.1f}x | " if o else "- | ")
-                      + f"{r['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f}" + (f" / {o['peak_rss_mb']:.0f} |" if o else " / - |"))
-    lines += ["", f"Machine GEMM peak (PyTorch 2048x2048 float32 matmul, {info['threads']} threads, best of 3): {peak:.0f} GFLOP/s. "
-              f"One training image costs {fl / 1e9:.3f} GFLOP (conv + fc, forward + 2x backward)."]
+            f"{o['images_per_s']:.1f} | "
+            if o
+            else f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.1f} | {t['images_per_s']:.1f} | - | "
+        )
+        lines[-1] += (
+            f"{r['images_per_s'] / t['images_per_s']:.1f}x | "
+            + (f"{r['images_per_s'] / o['images_per_s']:.1f}x | " if o else "- | ")
+            + f"{r['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f}"
+            + (f" / {o['peak_rss_mb']:.0f} |" if o else " / - |")
+        )
+    lines += [
+        "",
+        f"Machine GEMM peak (PyTorch 2048x2048 float32 matmul, {info['threads']} threads, best of 3): {peak:.0f} GFLOP/s. "  # noqa: E501
+        f"One training image costs {fl / 1e9:.3f} GFLOP (conv + fc, forward + 2x backward).",
+    ]
     lines += ["", "| training batch | ndlm_sk GFLOP/s | % of GEMM peak |", "|---|---|---|"]
     for r in results["runs"]:
         if r["fw"] == "ours" and r["mode"] == "train":
@@ -382,8 +432,13 @@ def write_report(results, out):
             lines.append(f"| {r['batch']} | {g:.1f} | {100 * g / peak:.0f}% |")
     prof = get("ours", "train", 32) or next(r for r in results["runs"] if r["fw"] == "ours" and r["mode"] == "train")
     steps = prof["steps"]
-    lines += ["", f"Per-layer time of one ndlm_sk training step (batch {prof['batch']}, ms per step):", "",
-              "| # | layer | forward ms | backward ms |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Per-layer time of one ndlm_sk training step (batch {prof['batch']}, ms per step):",
+        "",
+        "| # | layer | forward ms | backward ms |",
+        "|---|---|---|---|",
+    ]
     # segment (first, last, pool): its layers run as one pass, from first to the pool if any
     fused = {sg[0]: sg[1] if sg[2] is None else sg[2] for sg in prof.get("segments", [])}
     i = 0
@@ -391,12 +446,17 @@ def write_report(results, out):
         j = fused.get(i, i)  # a fused segment runs (and is timed) as one pass, booked on its first layer
         f = sum(prof["layer_seconds"][k][0] for k in range(i, j + 1))
         b = sum(prof["layer_seconds"][k][1] for k in range(i, j + 1))
-        name = " + ".join(prof["layers"][i:j + 1]) + (" (fused)" if j > i else "")
+        name = " + ".join(prof["layers"][i : j + 1]) + (" (fused)" if j > i else "")
         num = f"{i + 1}" if j == i else f"{i + 1}-{j + 1}"
         lines.append(f"| {num} | {name} | {1e3 * f / steps:.1f} | {1e3 * b / steps:.1f} |")
         i = j + 1
-    lines += ["", "Scaling of ndlm_sk training (batch 32):", "", "| image size | threads | img/s | ms per image |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "Scaling of ndlm_sk training (batch 32):",
+        "",
+        "| image size | threads | img/s | ms per image |",
+        "|---|---|---|---|",
+    ]
     for r in results["scaling"]:
         lines.append(f"| {r['size']} | {r['threads']} | {r['images_per_s']:.1f} | {1e3 / r['images_per_s']:.1f} |")
     text = "\n".join(lines) + "\n"

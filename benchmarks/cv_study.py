@@ -17,12 +17,11 @@ import time
 import warnings
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold
-
 from ndlm_sk import NDLMClassifier
 from ndlm_sk.datasets import load_pbc
 from ndlm_sk.report import classification_report_ndlm, to_markdown
+from sklearn.base import clone
+from sklearn.model_selection import StratifiedKFold
 
 
 def main():
@@ -40,9 +39,17 @@ def main():
     os.makedirs(args.out, exist_ok=True)
 
     X, y = load_pbc(args.data, args.image_size, verbose=True)
-    base = NDLMClassifier("ndlm", max_iter=args.max_iter, early_stopping=True,
-                          n_iter_no_change=args.patience, validation_fraction=args.validation_fraction,
-                          tol=0.0, random_state=args.seed, augment=args.augment, verbose=True)
+    base = NDLMClassifier(
+        "ndlm",
+        max_iter=args.max_iter,
+        early_stopping=True,
+        n_iter_no_change=args.patience,
+        validation_fraction=args.validation_fraction,
+        tol=0.0,
+        random_state=args.seed,
+        augment=args.augment,
+        verbose=True,
+    )
     folds = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)
     oof = np.empty(len(y), dtype=y.dtype)
     per_fold = []
@@ -59,26 +66,38 @@ def main():
                 warnings.simplefilter("ignore")
                 clf.fit(X[tr], y[tr])
             pred = clf.predict(X[te])
-            r = {"fold": k, "accuracy": float(np.mean(pred == y[te])), "epochs": clf.n_iter_,
-                 "best_validation_score": clf.best_validation_score_, "seconds": time.perf_counter() - t0,
-                 "test_index": te.tolist(), "pred": pred.tolist()}
+            r = {
+                "fold": k,
+                "accuracy": float(np.mean(pred == y[te])),
+                "epochs": clf.n_iter_,
+                "best_validation_score": clf.best_validation_score_,
+                "seconds": time.perf_counter() - t0,
+                "test_index": te.tolist(),
+                "pred": pred.tolist(),
+            }
             with open(path + ".tmp", "w") as f:
                 json.dump(r, f)
             os.replace(path + ".tmp", path)
-            print(f"fold {k}: accuracy {r['accuracy']:.4f} after {r['epochs']} epochs, {r['seconds']:.0f} s",
-                  flush=True)
+            print(
+                f"fold {k}: accuracy {r['accuracy']:.4f} after {r['epochs']} epochs, {r['seconds']:.0f} s", flush=True
+            )
         oof[np.asarray(r["test_index"])] = np.asarray(r["pred"], dtype=y.dtype)
         per_fold.append(r)
 
     accs = np.array([r["accuracy"] for r in per_fold]) * 100
     report = classification_report_ndlm(y, oof)
-    extra = {"command": "python " + " ".join(sys.argv), "folds": args.folds,
-             "fold_accuracies_percent": accs.round(2).tolist(),
-             "mean_accuracy_percent": float(accs.mean()), "std_accuracy_percent": float(accs.std(ddof=1)),
-             "epochs_per_fold": [r["epochs"] for r in per_fold],
-             "seconds_per_fold": [round(r["seconds"]) for r in per_fold]}
-    md = to_markdown(report, title=f"NDLM, {args.folds}-fold stratified cross-validation (out-of-fold predictions)",
-                     extra=extra)
+    extra = {
+        "command": "python " + " ".join(sys.argv),
+        "folds": args.folds,
+        "fold_accuracies_percent": accs.round(2).tolist(),
+        "mean_accuracy_percent": float(accs.mean()),
+        "std_accuracy_percent": float(accs.std(ddof=1)),
+        "epochs_per_fold": [r["epochs"] for r in per_fold],
+        "seconds_per_fold": [round(r["seconds"]) for r in per_fold],
+    }
+    md = to_markdown(
+        report, title=f"NDLM, {args.folds}-fold stratified cross-validation (out-of-fold predictions)", extra=extra
+    )
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(md)
     with open(os.path.join(args.out, "report.json"), "w") as f:

@@ -69,8 +69,9 @@ def adam_for(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, l2=1e-4):
             rest.append(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             rest += [m.weight, m.bias]
-    return torch.optim.Adam([{"params": decay, "weight_decay": l2}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=betas, eps=eps)
+    return torch.optim.Adam(
+        [{"params": decay, "weight_decay": l2}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps
+    )
 
 
 def to_nchw(images_uint8, scale):

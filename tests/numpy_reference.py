@@ -63,12 +63,12 @@ def conv2d(x, w, b, stride=1, pad=0):
     assert Cin == Cin2
     OH, OW = conv_output_size(H, KH, stride, pad), conv_output_size(W, KW, stride, pad)
     xp = np.zeros((N, Cin, H + 2 * pad, W + 2 * pad))
-    xp[:, :, pad:pad + H, pad:pad + W] = x
+    xp[:, :, pad : pad + H, pad : pad + W] = x
     out = np.zeros((N, Cout, OH, OW)) + np.asarray(b, f64)[None, :, None, None]
     # sum over kernel offsets (j, k): input pixel (x S + j, y S + k) times W[q, i, j, k]
     for j in range(KH):
         for k in range(KW):
-            patch = xp[:, :, j:j + stride * (OH - 1) + 1:stride, k:k + stride * (OW - 1) + 1:stride]
+            patch = xp[:, :, j : j + stride * (OH - 1) + 1 : stride, k : k + stride * (OW - 1) + 1 : stride]
             out += np.einsum("nihw,qi->nqhw", patch, w[:, :, j, k])
     return out
 
@@ -86,7 +86,7 @@ def maxpool(x, K, S):
     out = np.full((N, C, OH, OW), -np.inf)
     for a in range(K):
         for b in range(K):
-            out = np.maximum(out, x[:, :, a:a + S * (OH - 1) + 1:S, b:b + S * (OW - 1) + 1:S])
+            out = np.maximum(out, x[:, :, a : a + S * (OH - 1) + 1 : S, b : b + S * (OW - 1) + 1 : S])
     return out
 
 
@@ -97,7 +97,7 @@ def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     y = np.empty_like(x)
     for i in range(C):
         lo, hi = max(0, i - size // 2), min(C - 1, i + size // 2)
-        s = (x[:, lo:hi + 1] ** 2).sum(axis=1)
+        s = (x[:, lo : hi + 1] ** 2).sum(axis=1)
         y[:, i] = x[:, i] / (k + alpha / size * s) ** beta
     return y
 
@@ -156,11 +156,17 @@ def network_forward(layers, layer_params, X, input_scale=1.0, train=False):
             else:
                 a = batchnorm_infer(a, prm["gamma"], prm["beta"], prm["running_mean"], prm["running_var"], eps)
         elif t == "lrn":
-            a = lrn(a, int(_setting(spec, "size", 5)), float(_setting(spec, "alpha", 1e-4)),
-                    float(_setting(spec, "beta", 0.75)), float(_setting(spec, "k", 2.0)))
+            a = lrn(
+                a,
+                int(_setting(spec, "size", 5)),
+                float(_setting(spec, "alpha", 1e-4)),
+                float(_setting(spec, "beta", 0.75)),
+                float(_setting(spec, "k", 2.0)),
+            )
         elif t == "conv":
-            a = conv2d(a, prm["weight"], prm["bias"], int(_setting(spec, "stride", 1)),
-                       int(_setting(spec, "padding", 0)))
+            a = conv2d(
+                a, prm["weight"], prm["bias"], int(_setting(spec, "stride", 1)), int(_setting(spec, "padding", 0))
+            )
         elif t == "relu":
             a = relu(a)
         elif t == "maxpool":
@@ -176,7 +182,7 @@ def network_forward(layers, layer_params, X, input_scale=1.0, train=False):
 
 
 # ---- tolerance helpers shared by the tests (not part of the model) ------------------------------
-U32 = 2.0 ** -24  # unit roundoff of float32 (half an ulp at 1.0)
+U32 = 2.0**-24  # unit roundoff of float32 (half an ulp at 1.0)
 
 
 def sum_tolerance(abs_sum, n_terms, expected, c=8.0):
@@ -189,8 +195,11 @@ def sum_tolerance(abs_sum, n_terms, expected, c=8.0):
     FMA or not) trips it on the ~1e5 outputs of a test, while a wrong, missing or doubled term
     (error ~ one term ~ sum|terms| / n) overshoots it as soon as n^1.5 * c * U32 << 1, i.e. for
     every sum we test (n up to a few thousand). 2 U32 |expected| adds the final rounding."""
-    return c * U32 * np.sqrt(np.maximum(n_terms, 1)) * np.asarray(abs_sum, np.float64) \
-        + 2 * U32 * np.abs(np.asarray(expected, np.float64)) + 1e-37
+    return (
+        c * U32 * np.sqrt(np.maximum(n_terms, 1)) * np.asarray(abs_sum, np.float64)
+        + 2 * U32 * np.abs(np.asarray(expected, np.float64))
+        + 1e-37
+    )
 
 
 def assert_within(actual, expected, tol, what):
@@ -207,4 +216,5 @@ def assert_within(actual, expected, tol, what):
         i = np.unravel_index(np.argmax(ratio), err.shape)
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {err.size} elements out of tolerance; worst at {i}: "
-            f"actual {actual[i]!r}, expected {expected[i]!r}, |diff| {err[i]:.3g} > tol {tol[i]:.3g}")
+            f"actual {actual[i]!r}, expected {expected[i]!r}, |diff| {err[i]:.3g} > tol {tol[i]:.3g}"
+        )

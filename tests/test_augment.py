@@ -1,7 +1,6 @@
 """augment=True: the 8 symmetries of the square, drawn per image and epoch, reproducibly."""
 
 import numpy as np
-
 from ndlm_sk import NDLMClassifier
 from ndlm_sk.estimator import _dihedral
 

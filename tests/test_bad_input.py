@@ -13,12 +13,11 @@ import subprocess
 import sys
 import textwrap
 
+import ndlm_sk
 import numpy as np
 import pytest
-from sklearn.exceptions import NotFittedError
-
-import ndlm_sk
 from ndlm_sk import NDLMClassifier
+from sklearn.exceptions import NotFittedError
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -238,10 +237,14 @@ def test_infinite_learning_rate():
 @pytest.mark.parametrize(
     "architecture, message",
     [
-        ([{"type": "conv", "filters": 2, "kernel": 3}, {"type": "maxpool", "pool": 40}, {"type": "fc"}],
-         r"layer 1 \(maxpool\): pool window 40x40 is larger than its input 30x30"),
-        ([{"type": "conv", "filters": 2, "kernel": 33}, {"type": "fc"}],
-         r"layer 0 \(conv\): kernel 33x33 is larger than its input 32x32"),
+        (
+            [{"type": "conv", "filters": 2, "kernel": 3}, {"type": "maxpool", "pool": 40}, {"type": "fc"}],
+            r"layer 1 \(maxpool\): pool window 40x40 is larger than its input 30x30",
+        ),
+        (
+            [{"type": "conv", "filters": 2, "kernel": 33}, {"type": "fc"}],
+            r"layer 0 \(conv\): kernel 33x33 is larger than its input 32x32",
+        ),
         ([{"type": "dropout"}, {"type": "fc"}], "unknown layer type 'dropout'"),
         ([{"type": "conv", "filters": 2, "kernal": 3}, {"type": "fc"}], "unknown setting 'kernal'"),
         ([{"type": "relu", "inplace": True}, {"type": "fc"}], "unknown setting 'inplace'"),
@@ -259,11 +262,23 @@ def test_infinite_learning_rate():
         ("resnet", "unknown architecture 'resnet'"),
     ],
     ids=[
-        'pool-larger-than-input', 'kernel-larger-than-input', 'unknown-layer-type',
-        'unknown-setting', 'setting-of-a-layer-without-settings', 'conv-without-filters',
-        'conv-stride-0', 'negative-kernel', 'even-lrn-window', 'non-numeric-momentum',
-        'non-square-pool', 'softmax-not-last', 'wrong-number-of-outputs', 'no-fc', 'empty-stack',
-        'layer-not-a-dict', 'unknown-preset',
+        "pool-larger-than-input",
+        "kernel-larger-than-input",
+        "unknown-layer-type",
+        "unknown-setting",
+        "setting-of-a-layer-without-settings",
+        "conv-without-filters",
+        "conv-stride-0",
+        "negative-kernel",
+        "even-lrn-window",
+        "non-numeric-momentum",
+        "non-square-pool",
+        "softmax-not-last",
+        "wrong-number-of-outputs",
+        "no-fc",
+        "empty-stack",
+        "layer-not-a-dict",
+        "unknown-preset",
     ],
 )
 def test_impossible_layer_stacks(architecture, message):
@@ -272,8 +287,7 @@ def test_impossible_layer_stacks(architecture, message):
 
 
 # --------------------------------------------------------------------------- not fitted
-@pytest.mark.parametrize("method", ["predict", "predict_proba", "predict_log_proba", "score",
-                                    "get_layer_params"])
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "predict_log_proba", "score", "get_layer_params"])
 def test_not_fitted(method):
     args = {"score": (images(), labels()), "get_layer_params": ()}.get(method, (images(),))
     with pytest.raises(NotFittedError):
@@ -318,7 +332,11 @@ DANGEROUS = {
     "strided view": ("model.predict(np.zeros((4, 64, 64, 3), np.uint8)[:, ::2, ::2])", None, ""),
     "bytes images": ("clf().fit(np.full((12, 32, 32, 3), b'x'), y)", "ValueError", "(?i)convert|string|bytes"),
     "object images": ("clf().fit(np.full((12, 32, 32, 3), 'a', dtype=object), y)", "ValueError", "(?i)convert|string"),
-    "structured images": ("clf().fit(np.zeros((12, 32, 32, 3), dtype='i4,f4'), y)", "ValueError|TypeError", "(?i)dtype|convert|structured|void"),
+    "structured images": (
+        "clf().fit(np.zeros((12, 32, 32, 3), dtype='i4,f4'), y)",
+        "ValueError|TypeError",
+        "(?i)dtype|convert|structured|void",
+    ),
     # converted to numbers, as scikit-learn's check_array does: only must not crash
     "datetime images": ("clf().fit(np.zeros((12, 32, 32, 3), dtype='M8[s]'), y)", "*", ""),
     "string images at predict": ("model.predict(np.full((2, 32, 32, 3), 'a'))", "ValueError", "(?i)convert|string"),
@@ -335,30 +353,90 @@ DANGEROUS = {
     "core: 3-D images": ("net.train_step(X[..., 0], idx, yi)", "ValueError", "dimensions"),
     "core: other image size": ("net.train_step(np.zeros((4, 40, 40, 3), np.uint8), idx, yi)", "ValueError", "40x40x3"),
     "core: predict index too large": ("net.predict_proba(X, np.array([3, 99]))", "ValueError", "index out of range"),
-    "core: predict NaN indices": ("net.predict_proba(X, np.array([np.nan, 1.0]))", "ValueError", "index out of range|integer"),
+    "core: predict NaN indices": (
+        "net.predict_proba(X, np.array([np.nan, 1.0]))",
+        "ValueError",
+        "index out of range|integer",
+    ),
     "core: predict chunk 0": ("net.predict_proba(X, None, 0)", "ValueError", "chunk"),
-    "core: state of the wrong size": ("s = net.get_state(); s['params'] = s['params'][:5]; net.set_state(s)", "ValueError", "expected .* values, got 5"),
+    "core: state of the wrong size": (
+        "s = net.get_state(); s['params'] = s['params'][:5]; net.set_state(s)",
+        "ValueError",
+        "expected .* values, got 5",
+    ),
     "core: state without a key": ("s = net.get_state(); del s['adam_m']; net.set_state(s)", "ValueError", "adam_m"),
-    "core: layer params of the wrong size": ("p = net.layer_params(); p[2]['weight'] = np.zeros(3); net.set_layer_params(p)", "ValueError", "expected .* values, got 3"),
+    "core: layer params of the wrong size": (
+        "p = net.layer_params(); p[2]['weight'] = np.zeros(3); net.set_layer_params(p)",
+        "ValueError",
+        "expected .* values, got 3",
+    ),
     # a corrupted pickle
-    "truncated pickled state": ("s = model.__getstate__(); s['_net_state']['params'] = s['_net_state']['params'][:7]; NDLMClassifier().__setstate__(s)", "ValueError", "got 7"),
-    "pickled state with another architecture": ("s = model.__getstate__(); s['architecture'] = 'dfcn'; NDLMClassifier().__setstate__(s)", "ValueError", "expected|architecture|layer stack"),
+    "truncated pickled state": (
+        "s = model.__getstate__(); s['_net_state']['params'] = s['_net_state']['params'][:7]; NDLMClassifier().__setstate__(s)",  # noqa: E501
+        "ValueError",
+        "got 7",
+    ),
+    "pickled state with another architecture": (
+        "s = model.__getstate__(); s['architecture'] = 'dfcn'; NDLMClassifier().__setstate__(s)",
+        "ValueError",
+        "expected|architecture|layer stack",
+    ),
     # huge or degenerate shapes and settings
     "zero-height images": ("clf().fit(np.zeros((12, 0, 32, 3), np.uint8), y)", "ValueError", "0x32x3"),
-    "zero-channel images": ("clf().fit(np.zeros((12, 32, 32, 0), np.uint8), y)", "ValueError", "32x32x0|positive|feature"),
+    "zero-channel images": (
+        "clf().fit(np.zeros((12, 32, 32, 0), np.uint8), y)",
+        "ValueError",
+        "32x32x0|positive|feature",
+    ),
     "1x1 images": ("clf().fit(np.zeros((12, 1, 1, 3), np.uint8), y)", "ValueError", "1x1x3.*larger than its input"),
-    "1x100000 images": ("clf().fit(np.zeros((12, 1, 100000, 1), np.uint8), y)", "ValueError", "1x100000x1.*larger than its input"),
+    "1x100000 images": (
+        "clf().fit(np.zeros((12, 1, 100000, 1), np.uint8), y)",
+        "ValueError",
+        "1x100000x1.*larger than its input",
+    ),
     "huge fc layer": ("clf([{'type': 'fc', 'units': 10**9}, {'type': 'fc'}]).fit(X, y)", "MemoryError|ValueError", ""),
-    "huge padding": ("clf([{'type': 'conv', 'filters': 1, 'kernel': 1, 'padding': 10**6}, {'type': 'fc'}]).fit(X, y)", "MemoryError|ValueError", ""),
+    "huge padding": (
+        "clf([{'type': 'conv', 'filters': 1, 'kernel': 1, 'padding': 10**6}, {'type': 'fc'}]).fit(X, y)",
+        "MemoryError|ValueError",
+        "",
+    ),
     # the message must not blame the 1x1 kernel (2 * padding overflows a C++ int)
-    "padding overflowing int": ("clf([{'type': 'conv', 'filters': 1, 'kernel': 1, 'padding': 2**30}, {'type': 'fc'}]).fit(X, y)", "MemoryError|ValueError", r"^(?!.*kernel 1x1 is larger than its input)"),
-    "filters beyond int": ("clf([{'type': 'conv', 'filters': 2**40, 'kernel': 3}, {'type': 'fc'}]).fit(X, y)", "ValueError", "filters"),
-    "pool window 2**31-1": ("clf([{'type': 'maxpool', 'pool': 2**31 - 1}, {'type': 'fc'}]).fit(X, y)", "ValueError", "larger than its input|pool must be at most 1048576, got 2147483647"),
-    "stride larger than the input": ("clf([{'type': 'conv', 'filters': 1, 'kernel': 3, 'stride': 1000}, {'type': 'fc'}]).fit(X, y).predict(X)", None, ""),
-    "stride 2**31-1": ("clf([{'type': 'conv', 'filters': 1, 'kernel': 3, 'stride': 2**31 - 1}, {'type': 'fc'}]).fit(X, y).predict(X)", "ValueError", "stride must be at most"),
+    "padding overflowing int": (
+        "clf([{'type': 'conv', 'filters': 1, 'kernel': 1, 'padding': 2**30}, {'type': 'fc'}]).fit(X, y)",
+        "MemoryError|ValueError",
+        r"^(?!.*kernel 1x1 is larger than its input)",
+    ),
+    "filters beyond int": (
+        "clf([{'type': 'conv', 'filters': 2**40, 'kernel': 3}, {'type': 'fc'}]).fit(X, y)",
+        "ValueError",
+        "filters",
+    ),
+    "pool window 2**31-1": (
+        "clf([{'type': 'maxpool', 'pool': 2**31 - 1}, {'type': 'fc'}]).fit(X, y)",
+        "ValueError",
+        "larger than its input|pool must be at most 1048576, got 2147483647",
+    ),
+    "stride larger than the input": (
+        "clf([{'type': 'conv', 'filters': 1, 'kernel': 3, 'stride': 1000}, {'type': 'fc'}]).fit(X, y).predict(X)",
+        None,
+        "",
+    ),
+    "stride 2**31-1": (
+        "clf([{'type': 'conv', 'filters': 1, 'kernel': 3, 'stride': 2**31 - 1}, {'type': 'fc'}]).fit(X, y).predict(X)",
+        "ValueError",
+        "stride must be at most",
+    ),
     "huge batch sizes": ("clf(batch_size=10**12, predict_batch_size=2**40).fit(X, y).predict(X)", None, ""),
-    "diverging training": ("clf(learning_rate_init=1e30, max_iter=3).fit(X.astype(np.float32) * 1e30, y)", "RuntimeError|ValueError", "(?i)diverg|finite"),
-    "width beyond int (zero-size)": ("clf().fit(np.zeros((2, 1, 2**31, 0), np.uint8), [0, 1])", "ValueError", "2147483648|too large|positive"),
+    "diverging training": (
+        "clf(learning_rate_init=1e30, max_iter=3).fit(X.astype(np.float32) * 1e30, y)",
+        "RuntimeError|ValueError",
+        "(?i)diverg|finite",
+    ),
+    "width beyond int (zero-size)": (
+        "clf().fit(np.zeros((2, 1, 2**31, 0), np.uint8), [0, 1])",
+        "ValueError",
+        "2147483648|too large|positive",
+    ),
     "n_jobs=100000": ("clf(n_jobs=100000).fit(X, y)", "ValueError", "n_jobs"),
 }
 
@@ -394,8 +472,14 @@ def _run_children(cases, timeout=120):
     results, todo = {}, list(cases)
     while todo:
         try:
-            p = subprocess.run([sys.executable, "-c", script], input=json.dumps(todo), env=env,
-                               capture_output=True, text=True, timeout=timeout)
+            p = subprocess.run(
+                [sys.executable, "-c", script],
+                input=json.dumps(todo),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
             out, rc, hung = p.stdout, p.returncode, False
         except subprocess.TimeoutExpired as e:
             out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -411,8 +495,12 @@ def _run_children(cases, timeout=120):
         if started is None and finished == 0:  # died before its first case: the setup failed
             pytest.fail(f"child failed during setup (rc={rc}): {'hang' if hung else p.stderr[-2000:]}")
         if started is not None:  # this case crashed or hung the child
-            results[started] = {"name": started, "exc": "<hang>" if hung else f"<rc {rc}>",
-                                "msg": "" if hung else p.stderr[-1000:], "rc": rc}
+            results[started] = {
+                "name": started,
+                "exc": "<hang>" if hung else f"<rc {rc}>",
+                "msg": "" if hung else p.stderr[-1000:],
+                "rc": rc,
+            }
         todo = [(n, c) for n, c in todo if n not in results]
     return results
 
@@ -424,14 +512,17 @@ def dangerous_results():
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n])) if n in KNOWN_BUGS else n
-     for n in DANGEROUS],
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n])) if n in KNOWN_BUGS else n
+        for n in DANGEROUS
+    ],
 )
 def test_dangerous_input_in_a_child_process(dangerous_results, name):
     code, expected, pattern = DANGEROUS[name]
     r = dangerous_results[name]
     assert not (r["exc"] or "").startswith("<"), (
-        f"{name!r} killed or hung the interpreter ({r['exc']}): {code}\n{r['msg']}")
+        f"{name!r} killed or hung the interpreter ({r['exc']}): {code}\n{r['msg']}"
+    )
     if expected == "*":
         return
     if expected is None:

@@ -13,7 +13,6 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-
 from ndlm_sk import __version__
 from ndlm_sk.cli import build_parser, main
 from ndlm_sk.datasets import load_pbc, pbc_sample_path
@@ -55,8 +54,7 @@ def image_folder(workdir):
         for f in sorted((pbc_sample_path() / c).glob("*.jpg"))[:3]:
             shutil.copy(f, root / c / f.name)
     (root / "monocyte" / "deeper").mkdir()
-    shutil.copy(sorted((pbc_sample_path() / "eosinophil").glob("*.jpg"))[0],
-                root / "monocyte" / "deeper" / "eo.jpg")
+    shutil.copy(sorted((pbc_sample_path() / "eosinophil").glob("*.jpg"))[0], root / "monocyte" / "deeper" / "eo.jpg")
     (root / "basophil" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (root / "basophil" / "notes.txt").write_text("ignored: not an image extension")
     return root
@@ -78,8 +76,20 @@ def test_train_reports_and_saves(trained):
 def test_train_joblib_other_architecture_and_folder(workdir, image_folder):
     path = workdir / "m.joblib"
     with pytest.warns(UserWarning, match="broken.jpg"):  # load_pbc's PBCDataWarning
-        code, out, err = run(*TRAIN, "--architecture", "dfcn", "--test-size", "0.3", "--seed", "3",
-                             "--augment", "--data", image_folder, "--save", path)
+        code, out, err = run(
+            *TRAIN,
+            "--architecture",
+            "dfcn",
+            "--test-size",
+            "0.3",
+            "--seed",
+            "3",
+            "--augment",
+            "--data",
+            image_folder,
+            "--save",
+            path,
+        )
     assert code == 0, err
     assert "Loaded 6 images of 2 classes" in out  # load_pbc reads <class>/<file> only
     clf = joblib.load(path)
@@ -183,6 +193,7 @@ def test_python_dash_m():
     env = dict(os.environ)
     src = str(Path(ndlm_sk.__file__).resolve().parents[1])  # where this process found ndlm_sk
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-m", "ndlm_sk", "--version"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "ndlm_sk", "--version"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0 and res.stdout.strip() == f"ndlm-sk {__version__}"

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from ndlm_sk import datasets
 from ndlm_sk.datasets import (
     PBCDataWarning,
@@ -25,6 +23,7 @@ from ndlm_sk.datasets import (
     split_indices,
     train_val_test_split,
 )
+from PIL import Image
 
 REAL_PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
 BILINEAR = getattr(Image, "Resampling", Image).BILINEAR
@@ -139,10 +138,18 @@ def test_uniform_image_stays_uniform(tmp_path):
 
 
 def test_deduplicate_false_keeps_every_readable_file(pbc_dir):
-    (X, y, paths), msgs = _load(pbc_dir, image_size=16, cache=False, deduplicate=False,
-                                return_paths=True)
-    assert paths == ["a/a1.jpg", "a/a2.jpg", "a/a_dup.jpg", "a/x.jpg", "b/b1.jpg",
-                     "b/b2.png", "b/b3.JPEG", "b/x.jpg", "c/c1.jpg"]
+    (X, y, paths), msgs = _load(pbc_dir, image_size=16, cache=False, deduplicate=False, return_paths=True)
+    assert paths == [
+        "a/a1.jpg",
+        "a/a2.jpg",
+        "a/a_dup.jpg",
+        "a/x.jpg",
+        "b/b1.jpg",
+        "b/b2.png",
+        "b/b3.JPEG",
+        "b/x.jpg",
+        "c/c1.jpg",
+    ]
     assert not any("byte-identical" in m for m in msgs)
     np.testing.assert_array_equal(X[0], X[2])
 
@@ -153,8 +160,7 @@ def test_find_duplicates(pbc_dir):
 
 
 def test_classes_subset(pbc_dir):
-    (X, y, paths), msgs = _load(pbc_dir, image_size=8, cache=False, classes=["b"],
-                                return_paths=True)
+    (X, y, paths), msgs = _load(pbc_dir, image_size=8, cache=False, classes=["b"], return_paths=True)
     # Duplicate detection only sees the selected classes: b/x.jpg has no conflict here.
     assert paths == ["b/b1.jpg", "b/b2.png", "b/b3.JPEG", "b/x.jpg"]
     assert set(y) == {"b"} and msgs == []
@@ -300,8 +306,9 @@ def _corrupt(kind, npy, js):
         npy.unlink()
 
 
-@pytest.mark.parametrize("kind", ["truncated_npy", "garbage_npy", "flipped_byte", "bad_json",
-                                  "missing_json", "missing_npy"])
+@pytest.mark.parametrize(
+    "kind", ["truncated_npy", "garbage_npy", "flipped_byte", "bad_json", "missing_json", "missing_npy"]
+)
 def test_corrupt_cache_is_rebuilt(pbc_dir, tmp_path, decode_counter, kind):
     cdir = tmp_path / "cache"
     (X1, y1), _ = _load(pbc_dir, image_size=16, cache_dir=cdir)
@@ -495,9 +502,13 @@ def test_real_pbc_folder(tmp_path):
         n = 9268 - 12  # 9,268 images (+1 non-image file), 12 duplicate files dropped
         assert X.shape == (n, 300, 300, 3) and X.dtype == np.uint8 and X.flags.c_contiguous
         assert len(y) == len(paths) == n
-        assert Counter(y.tolist()) == {"basophil": 1092, "eosinophil": 2799,
-                                       "lymphocyte": 1093, "monocyte": 1277,
-                                       "neutrophil": 2995}
+        assert Counter(y.tolist()) == {
+            "basophil": 1092,
+            "eosinophil": 2799,
+            "lymphocyte": 1093,
+            "monocyte": 1277,
+            "neutrophil": 2995,
+        }
         for i in (0, n // 2, n - 1):
             with Image.open(REAL_PBC / paths[i]) as im:
                 ref = im.convert("RGB").resize((300, 300), BILINEAR, reducing_gap=None)

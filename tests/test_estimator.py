@@ -17,17 +17,16 @@ import time
 import tracemalloc
 
 import joblib
+import ndlm_sk
 import numpy as np
 import pytest
+from ndlm_sk import NDLMClassifier
 from sklearn.base import BaseEstimator, ClassifierMixin, clone, is_classifier
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
-
-import ndlm_sk
-from ndlm_sk import NDLMClassifier
 
 # Training stops at max_iter on purpose in most tests: that warning is expected noise here.
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -113,10 +112,10 @@ def test_is_a_sklearn_classifier():
 @pytest.mark.parametrize(
     "labels",
     [
-        np.array(["monocyte", "basophil", "neutrophil"]),   # strings (not sorted)
+        np.array(["monocyte", "basophil", "neutrophil"]),  # strings (not sorted)
         np.array([0, 1, 2]),
-        np.array([10, -7, 3]),                              # non-contiguous, negative ints
-        np.array(["b", "a", "c"], dtype=object),            # object-dtype strings
+        np.array([10, -7, 3]),  # non-contiguous, negative ints
+        np.array(["b", "a", "c"], dtype=object),  # object-dtype strings
     ],
     ids=["str", "int", "noncontiguous-int", "object-str"],
 )
@@ -177,8 +176,7 @@ def test_uint8_images_are_not_copied_to_float():
     X.setflags(write=False)  # a read-only array must be usable as is
     float_copy = X.size * 4  # 12 MB: what a float32 copy of X would cost
     # A cheap stack: the point is the memory the estimator allocates around the core.
-    clf = _SpyX([{"type": "maxpool", "pool": 8}, {"type": "fc"}], max_iter=2, batch_size=50,
-                random_state=0, n_jobs=1)
+    clf = _SpyX([{"type": "maxpool", "pool": 8}, {"type": "fc"}], max_iter=2, batch_size=50, random_state=0, n_jobs=1)
     _SpyX.seen.clear()
     tracemalloc.start()
     try:
@@ -225,8 +223,7 @@ def test_2d_rows_without_image_shape_are_1x1_images():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 6)).astype(np.float32)
     y = (X[:, 0] > 0).astype(int)
-    clf = NDLMClassifier("tabular", input_scale=1.0, max_iter=2, batch_size=8, random_state=0,
-                         n_jobs=1).fit(X, y)
+    clf = NDLMClassifier("tabular", input_scale=1.0, max_iter=2, batch_size=8, random_state=0, n_jobs=1).fit(X, y)
     assert clf.image_shape_ == (1, 1, 6)
     assert clf.n_features_in_ == 6
     assert clf.predict(X).shape == (40,)
@@ -263,8 +260,7 @@ def test_verbose_prints_one_line_per_epoch(easy, capsys):
     lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
     assert len(lines) == 2, lines
     for line in lines:
-        assert re.search(rf"loss {_NUM}.*train acc {_NUM}.*val acc {_NUM}.*{_NUM} s.*{_NUM} img/s",
-                         line), line
+        assert re.search(rf"loss {_NUM}.*train acc {_NUM}.*val acc {_NUM}.*{_NUM} s.*{_NUM} img/s", line), line
 
     small_clf(max_iter=2).fit(X, y)  # quiet by default
     assert capsys.readouterr().out == ""
@@ -320,8 +316,9 @@ def test_real_sigint_during_fit_keeps_the_model():
         warned = any("nterrupt" in str(x.message) for x in w)
         print("RESULT", clf.n_iter_, len(clf.loss_curve_), int(warned), len(clf.predict(X)), flush=True)
     """)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=_child_env())
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env()
+    )
     watchdog = threading.Timer(120, p.kill)  # reading stdout blocks: never hang the test run
     watchdog.start()
     try:
@@ -417,8 +414,15 @@ class _SpyTrainIdx(NDLMClassifier):
 def test_early_stopping_with_held_out_fraction(easy):
     X, y = easy
     n = len(X)
-    clf = _SpyTrainIdx(max_iter=40, batch_size=8, random_state=0, n_jobs=1, early_stopping=True,
-                       n_iter_no_change=2, validation_fraction=0.25).fit(X, y)
+    clf = _SpyTrainIdx(
+        max_iter=40,
+        batch_size=8,
+        random_state=0,
+        n_jobs=1,
+        early_stopping=True,
+        n_iter_no_change=2,
+        validation_fraction=0.25,
+    ).fit(X, y)
     assert clf.n_iter_ < 40
     assert len(clf.validation_scores_) == clf.n_iter_
     assert clf.best_validation_score_ == max(clf.validation_scores_)
@@ -506,10 +510,12 @@ def _to_unit_float(X):
 
 def test_pipeline_with_a_scaling_transformer(easy):
     X, y = easy
-    pipe = Pipeline([
-        ("scale", FunctionTransformer(_to_unit_float)),
-        ("ndlm", small_clf(input_scale=1.0, max_iter=4)),
-    ]).fit(X, y)
+    pipe = Pipeline(
+        [
+            ("scale", FunctionTransformer(_to_unit_float)),
+            ("ndlm", small_clf(input_scale=1.0, max_iter=4)),
+        ]
+    ).fit(X, y)
     assert pipe[-1].n_iter_ == 4
     proba = pipe.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)

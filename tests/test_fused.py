@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from ndlm_sk import _core
 from ndlm_sk._core import Network
 from ndlm_sk.architectures import PRESETS
@@ -26,25 +25,56 @@ FC = {"type": "fc"}
 CASES = {
     "ndlm": (PRESETS["ndlm"], (40, 40, 3), [(3, 5, 6)]),
     # relu / bn / bn before an overlapping pool 7/3: the run is fused, the pool stays a layer
-    "overlapping-pool": ([{"type": "conv", "filters": 4, "kernel": 3}, RELU, BN, BN,
-                          {"type": "maxpool", "pool": 7, "stride": 3}, FC], (31, 29, 2), [(1, 3, None)]),
+    "overlapping-pool": (
+        [{"type": "conv", "filters": 4, "kernel": 3}, RELU, BN, BN, {"type": "maxpool", "pool": 7, "stride": 3}, FC],
+        (31, 29, 2),
+        [(1, 3, None)],
+    ),
     # segments with no pool after them, one at the input, one ending in ReLUs
-    "no-pool": ([BN, RELU, {"type": "conv", "filters": 3, "kernel": 3}, BN, RELU, BN, RELU,
-                 {"type": "conv", "filters": 2, "kernel": 3}, FC], (23, 27, 3), [(0, 1, None), (3, 6, None)]),
+    "no-pool": (
+        [
+            BN,
+            RELU,
+            {"type": "conv", "filters": 3, "kernel": 3},
+            BN,
+            RELU,
+            BN,
+            RELU,
+            {"type": "conv", "filters": 2, "kernel": 3},
+            FC,
+        ],
+        (23, 27, 3),
+        [(0, 1, None), (3, 6, None)],
+    ),
     # a lone ReLU + pool (the shallow presets), a pool whose window does not tile the input
     "dfcn": (PRESETS["dfcn"], (33, 36, 3), [(1, 1, 2)]),
-    "relu-last-pool": ([{"type": "conv", "filters": 3, "kernel": 2}, BN, RELU, RELU,
-                        {"type": "maxpool", "pool": 3, "stride": 3}, BN, FC], (14, 17, 2), [(1, 3, 4)]),
-    "bn-only-pool": ([{"type": "conv", "filters": 2, "kernel": 3}, BN, {"type": "maxpool", "pool": 2, "stride": 2},
-                      FC], (13, 12, 1), [(1, 1, 2)]),
+    "relu-last-pool": (
+        [
+            {"type": "conv", "filters": 3, "kernel": 2},
+            BN,
+            RELU,
+            RELU,
+            {"type": "maxpool", "pool": 3, "stride": 3},
+            BN,
+            FC,
+        ],
+        (14, 17, 2),
+        [(1, 3, 4)],
+    ),
+    "bn-only-pool": (
+        [{"type": "conv", "filters": 2, "kernel": 3}, BN, {"type": "maxpool", "pool": 2, "stride": 2}, FC],
+        (13, 12, 1),
+        [(1, 1, 2)],
+    ),
     "ndel": (PRESETS["ndel"], (40, 40, 3), [(2, 2, 3)]),
 }
 
 
 def make(name, fuse, threads=1, seed=3):
     stack, shape, _ = CASES[name]
-    return Network([dict(d) for d in stack], list(shape), 5, seed=seed, n_threads=threads, input_scale=1 / 255,
-                   fuse=fuse)
+    return Network(
+        [dict(d) for d in stack], list(shape), 5, seed=seed, n_threads=threads, input_scale=1 / 255, fuse=fuse
+    )
 
 
 def data(name, n=7, seed=0):
@@ -69,7 +99,7 @@ def assert_grads_close(a, b, net, rtol=1e-4):
     conv bias before a batch norm, or beta of a batch norm two layers before another one."""
     scale = np.abs(a).max()
     for name, off, n in blocks(net):
-        x, y = a[off:off + n], b[off:off + n]
+        x, y = a[off : off + n], b[off : off + n]
         tol = rtol * np.abs(x).max() + 1e-5 * scale
         assert np.abs(x - y).max() <= tol, f"{name}: max diff {np.abs(x - y).max():.3g} > {tol:.3g}"
 
@@ -162,8 +192,9 @@ def test_fused_gradient_matches_finite_differences(name):
     y = np.array([0, 1, 2, 0, 1], np.int32)
     net.loss_and_grad(X, y)
     g = np.array(net.grads, np.float64)
-    coords = np.unique(np.concatenate([[off, off + n - 1] for _, off, n in blocks(net)] +
-                                      [rng.choice(p.size, 12, replace=False)]))
+    coords = np.unique(
+        np.concatenate([[off, off + n - 1] for _, off, n in blocks(net)] + [rng.choice(p.size, 12, replace=False)])
+    )
     for j in coords:
         h = 1e-2 * max(1.0, abs(float(p[j])))
         old = p[j]
@@ -186,11 +217,32 @@ def test_fused_matches_per_layer_under_other_simd_levels(level):
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(_core.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     here = os.path.dirname(os.path.abspath(__file__))
-    probe = subprocess.run([sys.executable, "-c", "from ndlm_sk import _core; print(_core.simd_level())"],
-                           env=env, capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [sys.executable, "-c", "from ndlm_sk import _core; print(_core.simd_level())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if probe.stdout.strip() != level:
         pytest.skip(f"cannot force NDLM_SK_SIMD={level} here")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        os.path.join(here, "test_fused.py"), "-k", "matches_per_layer and not simd_levels"],
-                       env=env, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(here))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            os.path.join(here, "test_fused.py"),
+            "-k",
+            "matches_per_layer and not simd_levels",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(here),
+    )
     assert r.returncode == 0, f"fused != per-layer with NDLM_SK_SIMD={level}:\n{r.stdout[-6000:]}\n{r.stderr[-2000:]}"

@@ -17,9 +17,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-
 import numpy_reference as nr
+import pytest
 from ndlm_sk import _core
 from ndlm_sk._core import kernels as K
 
@@ -28,7 +27,7 @@ f32 = np.float32
 
 
 def _rng(*key):
-    return np.random.default_rng([int.from_bytes(str(k).encode(), "little") % 2 ** 32 for k in key])
+    return np.random.default_rng([int.from_bytes(str(k).encode(), "little") % 2**32 for k in key])
 
 
 def randn(rng, *shape, scale=1.0, offset=0.0):
@@ -65,8 +64,9 @@ def test_fast_equals_ref_batchnorm_train(shape, offset):
     # y = gamma (x - mean) rstd + beta: error of mean and rstd carried through, plus 4 roundings
     bc = lambda v: np.asarray(v, np.float64)[None, :, None, None]  # noqa: E731
     dmean = c * bc(np.abs(x).mean(axis=(0, 2, 3)))
-    tol = np.abs(bc(gamma)) * bc(rrstd) * (dmean + np.abs(x - bc(rmean)) * (c / 2 + 8 * U32)) \
-        + 4 * U32 * (np.abs(ry) + np.abs(bc(beta)))
+    tol = np.abs(bc(gamma)) * bc(rrstd) * (dmean + np.abs(x - bc(rmean)) * (c / 2 + 8 * U32)) + 4 * U32 * (
+        np.abs(ry) + np.abs(bc(beta))
+    )
     nr.assert_within(y, ry, tol, "batch norm output")
 
 
@@ -98,8 +98,8 @@ def test_fast_equals_ref_batchnorm_backward(shape):
     c = 8 * U32 * np.sqrt(M)
     tol = np.abs(bc(gamma)) * bc(rstd) * (
         c * (bc(np.abs(dy).mean(axis=(0, 2, 3))) + np.abs(xhat) * bc(np.abs(dy * xhat).mean(axis=(0, 2, 3))))
-        + 8 * U32 * (np.abs(dy) + np.abs(xhat) * bc(np.abs((dy * xhat).mean(axis=(0, 2, 3)))))) \
-        + 4 * U32 * np.abs(rdx)
+        + 8 * U32 * (np.abs(dy) + np.abs(xhat) * bc(np.abs((dy * xhat).mean(axis=(0, 2, 3)))))
+    ) + 4 * U32 * np.abs(rdx)
     nr.assert_within(dx, rdx, tol, "batch norm dx")
 
 
@@ -117,20 +117,35 @@ def _lrn_abs_backward(dy, x, size, alpha, beta, k):
     s = np.empty_like(x)
     for c in range(C):
         lo, hi = max(0, c - size // 2), min(C - 1, c + size // 2)
-        s[:, c] = k + alpha / size * (x[:, lo:hi + 1] ** 2).sum(axis=1)
+        s[:, c] = k + alpha / size * (x[:, lo : hi + 1] ** 2).sum(axis=1)
     t = dy * np.abs(x) * s ** (-beta - 1)
-    out = dy * s ** -beta
+    out = dy * s**-beta
     for c in range(C):
         lo, hi = max(0, c - size // 2), min(C - 1, c + size // 2)
-        out[:, c] += 2 * alpha * beta / size * np.abs(x[:, c]) * t[:, lo:hi + 1].sum(axis=1)
+        out[:, c] += 2 * alpha * beta / size * np.abs(x[:, c]) * t[:, lo : hi + 1].sum(axis=1)
     return out
 
 
 LRN_PARAMS = [(1e-4, 0.75, 2.0), (1.0, 0.75, 1.0), (0.3, 0.5, 1.5), (2.0, 1.0, 0.5), (0.5, 0.3, 0.7)]
 # windows wider than the channel count (clipped at both ends), equal to it, and narrower
-LRN_CASES = [(N, C, H, W, size) for (N, H, W) in [(3, 7, 9), (1, 31, 30)]
-             for (C, size) in [(1, 1), (1, 5), (3, 1), (3, 3), (3, 5), (3, 7), (10, 3), (10, 5), (10, 7),
-                               (17, 3), (17, 5), (17, 7)]] + [(3, 17, 1, 1, 5), (1, 10, 61, 64, 5)]
+LRN_CASES = [
+    (N, C, H, W, size)
+    for (N, H, W) in [(3, 7, 9), (1, 31, 30)]
+    for (C, size) in [
+        (1, 1),
+        (1, 5),
+        (3, 1),
+        (3, 3),
+        (3, 5),
+        (3, 7),
+        (10, 3),
+        (10, 5),
+        (10, 7),
+        (17, 3),
+        (17, 5),
+        (17, 7),
+    ]
+] + [(3, 17, 1, 1, 5), (1, 10, 61, 64, 5)]
 
 
 @pytest.mark.parametrize("case", LRN_CASES)
@@ -146,8 +161,9 @@ def test_fast_equals_ref_lrn(case):
         nr.assert_within(y, ry, LRN_RTOL * np.abs(ry) + 1e-37, f"LRN forward alpha={alpha}")
         dx = K.lrn_backward(dy, x, size, alpha, beta, k, impl="fast")
         rdx = K.lrn_backward(dy, x, size, alpha, beta, k, impl="ref")
-        nr.assert_within(dx, rdx, LRN_RTOL * _lrn_abs_backward(dy, x, size, alpha, beta, k) + 1e-37,
-                         f"LRN backward alpha={alpha}")
+        nr.assert_within(
+            dx, rdx, LRN_RTOL * _lrn_abs_backward(dy, x, size, alpha, beta, k) + 1e-37, f"LRN backward alpha={alpha}"
+        )
 
 
 # ---- convolution --------------------------------------------------------------------------------
@@ -205,9 +221,12 @@ def test_fast_equals_ref_relu(n):
 
 
 # ---- max pooling --------------------------------------------------------------------------------
-POOL_CASES = [(N, C, H, W, K_, S) for (N, C, H, W) in [(1, 1, 7, 9), (3, 3, 31, 30), (1, 17, 61, 64),
-                                                       (3, 10, 61, 64)]
-              for (K_, S) in [(5, 5), (7, 3), (2, 2), (3, 2), (1, 1), (2, 3)] if K_ <= min(H, W)]
+POOL_CASES = [
+    (N, C, H, W, K_, S)
+    for (N, C, H, W) in [(1, 1, 7, 9), (3, 3, 31, 30), (1, 17, 61, 64), (3, 10, 61, 64)]
+    for (K_, S) in [(5, 5), (7, 3), (2, 2), (3, 2), (1, 1), (2, 3)]
+    if K_ <= min(H, W)
+]
 
 
 @pytest.mark.parametrize("case", POOL_CASES)
@@ -224,7 +243,7 @@ def test_fast_equals_ref_maxpool(case):
     rdx = K.maxpool_backward(dy, ram, H, W, impl="ref")
     # overlapping windows (S < K) add up to ceil(K/S)^2 contributions per pixel
     adx = K.maxpool_backward(np.abs(dy), ram, H, W, impl="ref")
-    nr.assert_within(dx, rdx, nr.sum_tolerance(adx, -(-K_ // S) ** 2, rdx), "maxpool dx")
+    nr.assert_within(dx, rdx, nr.sum_tolerance(adx, -((-K_ // S) ** 2), rdx), "maxpool dx")
 
 
 @pytest.mark.parametrize("K_,S", [(5, 5), (3, 2), (2, 2)])
@@ -250,8 +269,17 @@ def test_fast_maxpool_with_ties_picks_a_maximum(K_, S):
 
 
 # ---- fully connected ----------------------------------------------------------------------------
-FC_CASES = [(1, 1, 1), (3, 7, 5), (1, 17 * 7 * 9, 5), (3, 10 * 31 * 30, 10), (3, 1000, 17), (3, 3, 64),
-            (1, 34810, 5), (17, 65, 3), (2, 100, 1)]
+FC_CASES = [
+    (1, 1, 1),
+    (3, 7, 5),
+    (1, 17 * 7 * 9, 5),
+    (3, 10 * 31 * 30, 10),
+    (3, 1000, 17),
+    (3, 3, 64),
+    (1, 34810, 5),
+    (17, 65, 3),
+    (2, 100, 1),
+]
 
 
 @pytest.mark.parametrize("case", FC_CASES)
@@ -305,18 +333,39 @@ def test_fast_equals_ref_under_forced_simd_level(level):
         if missing:
             pytest.skip(f"this CPU lacks {sorted(missing)}, needed for NDLM_SK_SIMD={level}")
     # load the extension module alone (importing the package would pull in scikit-learn: slow)
-    code = ("import importlib.util as u, sys; s = u.spec_from_file_location('ndlm_sk._core', sys.argv[1]); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.simd_level())")
-    probe = subprocess.run([sys.executable, "-c", code, _core.__file__],
-                           env=_env(level), capture_output=True, text=True, timeout=60)
+    code = (
+        "import importlib.util as u, sys; s = u.spec_from_file_location('ndlm_sk._core', sys.argv[1]); "
+        "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.simd_level())"
+    )
+    probe = subprocess.run(
+        [sys.executable, "-c", code, _core.__file__], env=_env(level), capture_output=True, text=True, timeout=60
+    )
     assert probe.returncode == 0, f"importing ndlm_sk with NDLM_SK_SIMD={level} failed:\n{probe.stderr}"
     got = probe.stdout.strip()
     if got != level:
-        pytest.skip(f"the dispatcher ignores NDLM_SK_SIMD={level} (it picked {got!r}): "
-                    "forcing a SIMD level is not supported by this build")
+        pytest.skip(
+            f"the dispatcher ignores NDLM_SK_SIMD={level} (it picked {got!r}): "
+            "forcing a SIMD level is not supported by this build"
+        )
     if level == _core.simd_level() and os.environ.get("NDLM_SK_SIMD") is None:
         pytest.skip(f"{level} is this process's own level: the in-process tests above already ran on it")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        os.path.join(_HERE, "test_kernels.py"), "-k", "fast_equals_ref and not forced_simd_level"],
-                       env=_env(level), capture_output=True, text=True, timeout=600, cwd=os.path.dirname(_HERE))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            os.path.join(_HERE, "test_kernels.py"),
+            "-k",
+            "fast_equals_ref and not forced_simd_level",
+        ],
+        env=_env(level),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(_HERE),
+    )
     assert r.returncode == 0, f"fast != ref with NDLM_SK_SIMD={level}:\n{r.stdout[-6000:]}\n{r.stderr[-2000:]}"

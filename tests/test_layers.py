@@ -24,9 +24,8 @@ distinct values 0.02 apart (> 2 h), so no perturbation changes a window's argmax
 """
 
 import numpy as np
-import pytest
-
 import numpy_reference as nr
+import pytest
 from ndlm_sk._core import kernels as K
 
 U32 = nr.U32
@@ -36,7 +35,7 @@ f32 = np.float32
 
 def _rng(*key):
     """A generator seeded by the test's parameters, the same in every run (unlike hash())."""
-    return np.random.default_rng([int.from_bytes(str(k).encode(), "little") % 2 ** 32 for k in key])
+    return np.random.default_rng([int.from_bytes(str(k).encode(), "little") % 2**32 for k in key])
 
 
 def randn(rng, *shape, scale=1.0, offset=0.0):
@@ -72,8 +71,9 @@ def bn_train_tolerance(x, gamma, beta, var, y, eps):
     c = 8.0
     dmean = c * U32 * np.sqrt(M) * mean_abs
     drstd_rel = 0.5 * c * U32 * np.sqrt(M) * (var / (var + eps))[None, :, None, None] + 4 * U32
-    return g * rstd * (dmean + np.abs(x - mean) * (drstd_rel + 4 * U32)) \
-        + 4 * U32 * (np.abs(y) + np.abs(beta)[None, :, None, None])
+    return g * rstd * (dmean + np.abs(x - mean) * (drstd_rel + 4 * U32)) + 4 * U32 * (
+        np.abs(y) + np.abs(beta)[None, :, None, None]
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -119,8 +119,9 @@ def test_batchnorm_infer_forward(impl, shape):
     ny = nr.batchnorm_infer(x, gamma, beta, rmean, rvar, eps)
     # ~6 roundings (x - mean, var + eps, sqrt, divide, times gamma, + beta): 16 U32 of each term
     scale = np.abs(gamma / np.sqrt(rvar.astype(np.float64) + eps))[None, :, None, None]
-    tol = 16 * U32 * (scale * np.abs(x - rmean[None, :, None, None]) + np.abs(beta)[None, :, None, None]) \
-        + 16 * U32 * np.abs(ny)
+    tol = 16 * U32 * (
+        scale * np.abs(x - rmean[None, :, None, None]) + np.abs(beta)[None, :, None, None]
+    ) + 16 * U32 * np.abs(ny)
     nr.assert_within(y, ny, tol, "batch norm (inference) output")
 
 
@@ -134,8 +135,9 @@ LRN_RTOL = 64 * U32
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", [1, 3, 5, 7])
 @pytest.mark.parametrize("C", [1, 3, 10])
-@pytest.mark.parametrize("alpha,beta,k", [(1e-4, 0.75, 2.0), (1.5, 0.75, 1.0), (0.5, 0.3, 0.7), (0.8, 0.5, 1.2),
-                                          (2.0, 1.0, 0.5)])
+@pytest.mark.parametrize(
+    "alpha,beta,k", [(1e-4, 0.75, 2.0), (1.5, 0.75, 1.0), (0.5, 0.3, 0.7), (0.8, 0.5, 1.2), (2.0, 1.0, 0.5)]
+)
 def test_lrn_forward(impl, size, C, alpha, beta, k):
     rng = _rng("lrn", size, C, alpha)
     # larger magnitudes make the tiny default alpha visible: alpha/n sum x^2 ~ 1e-4 * 100
@@ -256,8 +258,9 @@ def test_fc_flattens_in_channel_height_width_order(impl):
     b = randn(rng, 6)
     y = K.fc_forward(np.ascontiguousarray(x4.reshape(2, 60)), w, b, impl=impl)
     ny = np.einsum("nchw,ochw->no", x4.astype(np.float64), w.reshape(6, 3, 4, 5).astype(np.float64)) + b
-    nr.assert_within(y, ny, nr.sum_tolerance(nr.fully_connected(np.abs(x4), np.abs(w), np.abs(b)), 61, ny),
-                     "fc on a (C, H, W) map")
+    nr.assert_within(
+        y, ny, nr.sum_tolerance(nr.fully_connected(np.abs(x4), np.abs(w), np.abs(b)), 61, ny), "fc on a (C, H, W) map"
+    )
 
 
 @pytest.mark.parametrize("scale", [1.0, 8.0])
@@ -338,8 +341,9 @@ def projection(out, R):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("shape,offset,scale", [((3, 2, 4, 5), 0.0, 1.0), ((2, 3, 3, 3), 2.0, 0.5),
-                                                ((5, 2, 1, 1), 0.0, 1.0)])
+@pytest.mark.parametrize(
+    "shape,offset,scale", [((3, 2, 4, 5), 0.0, 1.0), ((2, 3, 3, 3), 2.0, 0.5), ((5, 2, 1, 1), 0.0, 1.0)]
+)
 def test_batchnorm_gradients(impl, shape, offset, scale):
     rng = _rng("bn-grad", shape)
     C = shape[1]
@@ -360,8 +364,10 @@ def test_batchnorm_gradients(impl, shape, offset, scale):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size,C", [(1, 2), (3, 4), (5, 3), (5, 8), (7, 10)])
-@pytest.mark.parametrize("alpha,beta,k,xscale", [(1e-4, 0.75, 2.0, 30.0), (2.0, 0.75, 1.0, 1.0), (1.0, 0.5, 1.0, 1.0),
-                                                 (1.5, 1.0, 0.8, 1.0), (0.7, 0.3, 1.1, 1.0)])
+@pytest.mark.parametrize(
+    "alpha,beta,k,xscale",
+    [(1e-4, 0.75, 2.0, 30.0), (2.0, 0.75, 1.0, 1.0), (1.0, 0.5, 1.0, 1.0), (1.5, 1.0, 0.8, 1.0), (0.7, 0.3, 1.1, 1.0)],
+)
 def test_lrn_gradient(impl, size, C, alpha, beta, k, xscale):
     # alpha = 2: the cross-channel term of the derivative is O(1), so the chain rule through the
     # window sum is really tested; the NDLM defaults with |x| ~ 30 make it ~ 5%.
@@ -369,17 +375,21 @@ def test_lrn_gradient(impl, size, C, alpha, beta, k, xscale):
     x = randn(rng, 2, C, 3, 2, scale=xscale)
     R = rng.standard_normal(x.shape)
     dx = K.lrn_backward(R.astype(f32), x, size, alpha, beta, k, impl=impl)
-    check_grad(lambda v: projection(K.lrn_forward(v, size, alpha, beta, k, impl=impl), R), x, dx,
-               f"LRN size {size} dx", rng)
+    check_grad(
+        lambda v: projection(K.lrn_forward(v, size, alpha, beta, k, impl=impl), R), x, dx, f"LRN size {size} dx", rng
+    )
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", [
-    (2, 3, 6, 7, 4, 3, 3, 1, 0),
-    (2, 2, 7, 6, 3, 2, 3, 2, 1),
-    (1, 3, 8, 8, 2, 5, 5, 3, 2),
-    (2, 2, 5, 5, 2, 1, 1, 2, 0),  # 1x1 stride 2: pixels no window reads have zero gradient
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        (2, 3, 6, 7, 4, 3, 3, 1, 0),
+        (2, 2, 7, 6, 3, 2, 3, 2, 1),
+        (1, 3, 8, 8, 2, 5, 5, 3, 2),
+        (2, 2, 5, 5, 2, 1, 1, 2, 0),  # 1x1 stride 2: pixels no window reads have zero gradient
+    ],
+)
 def test_conv_gradients(impl, case):
     x, w, b, S, P = _conv_case(case, "conv-grad")
     rng = _rng("conv-grad-R", case)
@@ -412,8 +422,15 @@ def test_maxpool_gradient(impl, case):
     dx = K.maxpool_backward(R.astype(f32), am, H, W, impl=impl)
     # the window maxima are where the gradient lives: sample 16 of them too, not only random pixels
     maxima = (am.reshape(N * C, -1) + H * W * np.arange(N * C)[:, None]).ravel()
-    check_grad(lambda v: projection(K.maxpool_forward(v, K_, S, impl=impl)[0], R), x, dx, "maxpool dx",
-               rng, k=16, extra=rng.choice(maxima, min(16, maxima.size), replace=False))
+    check_grad(
+        lambda v: projection(K.maxpool_forward(v, K_, S, impl=impl)[0], R),
+        x,
+        dx,
+        "maxpool dx",
+        rng,
+        k=16,
+        extra=rng.choice(maxima, min(16, maxima.size), replace=False),
+    )
     assert np.count_nonzero(dx) == len(np.unique(am.reshape(N * C, -1) + H * W * np.arange(N * C)[:, None]))
 
 
@@ -437,5 +454,4 @@ def test_softmax_crossentropy_gradient(N, C):
     z = randn(rng, N, C)
     y = rng.integers(0, C, N).astype(np.int32)
     _, _, d = K.softmax_crossentropy(z, y)
-    check_grad(lambda v: float(K.softmax_crossentropy(v, y)[0]), z, d, "softmax cross-entropy dlogits", rng,
-               h_rel=1e-2)
+    check_grad(lambda v: float(K.softmax_crossentropy(v, y)[0]), z, d, "softmax cross-entropy dlogits", rng, h_rel=1e-2)

@@ -10,12 +10,11 @@ import zipfile
 import joblib
 import numpy as np
 import pytest
-from sklearn.exceptions import ConvergenceWarning
-
 from ndlm_sk import __version__
 from ndlm_sk.datasets import load_pbc_sample
 from ndlm_sk.estimator import NDLMClassifier
 from ndlm_sk.model_io import FORMAT_VERSION, _decode, _encode, load_model, save_model
+from sklearn.exceptions import ConvergenceWarning
 
 SMALL = [
     {"type": "batchnorm"},
@@ -71,8 +70,18 @@ def _assert_same_model(a, b, X):
     _assert_same_params(a, b)
     np.testing.assert_array_equal(a.classes_, b.classes_)
     assert a.classes_.dtype == b.classes_.dtype
-    for name in ("image_shape_", "layers_", "n_iter_", "t_", "loss_curve_", "train_scores_",
-                 "n_params_", "n_features_in_", "_seed", "loss_"):
+    for name in (
+        "image_shape_",
+        "layers_",
+        "n_iter_",
+        "t_",
+        "loss_curve_",
+        "train_scores_",
+        "n_params_",
+        "n_features_in_",
+        "_seed",
+        "loss_",
+    ):
         assert getattr(a, name) == getattr(b, name), name
     sa, sb = a._net.get_state(), b._net.get_state()
     for k in sa:
@@ -273,6 +282,7 @@ def test_arrays_that_do_not_fit_the_architecture(data, tmp_path):
     def bigger_conv(h):  # declared stack with more filters than the stored weights
         for stack in (h["state"]["architecture"], h["state"]["layers_"]):
             stack[1]["filters"] = 6
+
     _edit_header(src, bad, bigger_conv)
     with pytest.raises(ValueError, match="do not fit the declared model.*params: expected"):
         load_model(bad)
@@ -293,18 +303,21 @@ def test_arrays_that_do_not_fit_the_architecture(data, tmp_path):
     with pytest.raises(ValueError, match="image_shape_"):
         load_model(bad)
 
-    _edit_header(src, bad, lambda h: h["state"].pop("_net_state") and h["state"].pop("_seed")
-                 or h["state"].update(_net_state={}))
+    _edit_header(
+        src, bad, lambda h: h["state"].pop("_net_state") and h["state"].pop("_seed") or h["state"].update(_net_state={})
+    )
     with pytest.raises(ValueError, match="lacks"):
         load_model(bad)
 
 
 def test_array_table_inconsistencies(model_file, tmp_path):
     bad = tmp_path / "a.ndlm"
+
     # declared shape differs from the stored array
     def shrink(h):
         name = next(k for k, d in h["arrays"].items() if d["dtype"] == "<f4")
         h["arrays"][name]["shape"] = [3]
+
     _edit_header(model_file, bad, shrink)
     with pytest.raises(ValueError, match="declared|larger"):
         load_model(bad)
@@ -341,8 +354,7 @@ def test_array_table_inconsistencies(model_file, tmp_path):
 def test_joblib_still_works(fitted, data, tmp_path):
     X, _ = data
     joblib.dump(fitted, tmp_path / "m.joblib")
-    np.testing.assert_array_equal(joblib.load(tmp_path / "m.joblib").predict_proba(X),
-                                  fitted.predict_proba(X))
+    np.testing.assert_array_equal(joblib.load(tmp_path / "m.joblib").predict_proba(X), fitted.predict_proba(X))
 
 
 def test_save_is_atomic_and_rejects_other_objects(fitted, tmp_path):

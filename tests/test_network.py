@@ -5,9 +5,8 @@ determinism, argument validation and state round trips."""
 import os
 
 import numpy as np
-import pytest
-
 import numpy_reference as nr
+import pytest
 from ndlm_sk._core import Network
 from ndlm_sk.architectures import PRESETS
 
@@ -16,12 +15,19 @@ U32 = nr.U32
 
 
 def _rng(*key):
-    return np.random.default_rng([int.from_bytes(str(k).encode(), "little") % 2 ** 32 for k in key])
+    return np.random.default_rng([int.from_bytes(str(k).encode(), "little") % 2**32 for k in key])
 
 
 def make_net(stack, shape, n_classes, seed=0, threads=1, scale=1.0, fuse=True):
-    return Network([dict(layer) if isinstance(layer, dict) else layer for layer in stack], list(shape), n_classes,
-                   seed=seed, n_threads=threads, input_scale=scale, fuse=fuse)
+    return Network(
+        [dict(layer) if isinstance(layer, dict) else layer for layer in stack],
+        list(shape),
+        n_classes,
+        seed=seed,
+        n_threads=threads,
+        input_scale=scale,
+        fuse=fuse,
+    )
 
 
 # The core runs runs of batch norm / ReLU layers (and a non-overlapping pool after them) as fused
@@ -57,8 +63,12 @@ def randomize(net, rng):
         d = {}
         if spec["type"] == "batchnorm":
             C = prm["gamma"].size
-            d = {"gamma": rng.uniform(0.5, 1.5, C), "beta": rng.normal(0, 0.3, C),
-                 "running_mean": rng.normal(0, 0.5, C), "running_var": rng.uniform(0.3, 2.0, C)}
+            d = {
+                "gamma": rng.uniform(0.5, 1.5, C),
+                "beta": rng.normal(0, 0.3, C),
+                "running_mean": rng.normal(0, 0.5, C),
+                "running_var": rng.uniform(0.3, 2.0, C),
+            }
         elif spec["type"] in ("conv", "fc"):
             d = {"bias": rng.normal(0, 0.2, prm["bias"].size)}
         new.append(d)
@@ -177,10 +187,20 @@ def test_train_step_counts_winner_take_all_hits_and_updates_running_stats(name, 
             continue
         mom = spec["momentum"]
         m, v = acts[i].mean(axis=(0, 2, 3)), acts[i].var(axis=(0, 2, 3), ddof=1)
-        np.testing.assert_allclose(after[i]["running_mean"], (1 - mom) * before[i]["running_mean"] + mom * m,
-                                   rtol=1e-5, atol=1e-6, err_msg=f"layer {i} running mean")
-        np.testing.assert_allclose(after[i]["running_var"], (1 - mom) * before[i]["running_var"] + mom * v,
-                                   rtol=1e-4, atol=1e-6, err_msg=f"layer {i} running var")
+        np.testing.assert_allclose(
+            after[i]["running_mean"],
+            (1 - mom) * before[i]["running_mean"] + mom * m,
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=f"layer {i} running mean",
+        )
+        np.testing.assert_allclose(
+            after[i]["running_var"],
+            (1 - mom) * before[i]["running_var"] + mom * v,
+            rtol=1e-4,
+            atol=1e-6,
+            err_msg=f"layer {i} running var",
+        )
 
 
 def numpy_activations(layers, params, X, scale):
@@ -228,7 +248,7 @@ def test_one_adam_step_matches_numpy():
     g = np.array(net.grads, np.float64)
     for _, name, off, n in param_blocks(net):
         if name == "weight":
-            g[off:off + n] += l2 * p0[off:off + n]
+            g[off : off + n] += l2 * p0[off : off + n]
     m, v = (1 - b1) * g, (1 - b2) * g * g
     expect1 = p0 - lr * (m / (1 - b1)) / (np.sqrt(v / (1 - b2)) + eps)
     net.train_step(X, np.arange(4), y)
@@ -239,9 +259,9 @@ def test_one_adam_step_matches_numpy():
     g2 = np.array(net.grads, np.float64)
     for _, name, off, n in param_blocks(net):
         if name == "weight":
-            g2[off:off + n] += l2 * p1[off:off + n]
+            g2[off : off + n] += l2 * p1[off : off + n]
     m, v = b1 * m + (1 - b1) * g2, b2 * v + (1 - b2) * g2 * g2
-    expect2 = p1 - lr * (m / (1 - b1 ** 2)) / (np.sqrt(v / (1 - b2 ** 2)) + eps)
+    expect2 = p1 - lr * (m / (1 - b1**2)) / (np.sqrt(v / (1 - b2**2)) + eps)
     net.train_step(X, np.arange(4), y)
     np.testing.assert_allclose(net.params, expect2, rtol=1e-4, atol=1e-4 * lr)
 
@@ -252,26 +272,36 @@ def test_one_adam_step_matches_numpy():
 FD_CASES = {
     # name: (stack, (H, W, C), n_classes, batch)
     "ndlm": (PRESETS["ndlm"], (16, 13, 3), 5, 4),
-    "conv-stride2-padding": ([
-        {"type": "batchnorm"},
-        {"type": "conv", "filters": 3, "kernel": 3, "stride": 2, "padding": 1},
-        {"type": "relu"},
-        {"type": "conv", "filters": 4, "kernel": (2, 3), "stride": 2, "padding": 2},
-        {"type": "batchnorm"},
-        {"type": "maxpool", "pool": 2, "stride": 2},
-        {"type": "fc"},
-    ], (13, 11, 2), 3, 5),
-    "hidden-fc-relu": ([
-        {"type": "conv", "filters": 3, "kernel": 3},
-        {"type": "relu"},
-        {"type": "maxpool", "pool": 3, "stride": 2},
-        {"type": "lrn", "size": 3, "alpha": 1.0, "beta": 0.75, "k": 1.0},
-        {"type": "fc", "units": 7},
-        {"type": "relu"},
-        {"type": "batchnorm"},
-        {"type": "fc"},
-        {"type": "softmax"},
-    ], (9, 10, 3), 4, 6),
+    "conv-stride2-padding": (
+        [
+            {"type": "batchnorm"},
+            {"type": "conv", "filters": 3, "kernel": 3, "stride": 2, "padding": 1},
+            {"type": "relu"},
+            {"type": "conv", "filters": 4, "kernel": (2, 3), "stride": 2, "padding": 2},
+            {"type": "batchnorm"},
+            {"type": "maxpool", "pool": 2, "stride": 2},
+            {"type": "fc"},
+        ],
+        (13, 11, 2),
+        3,
+        5,
+    ),
+    "hidden-fc-relu": (
+        [
+            {"type": "conv", "filters": 3, "kernel": 3},
+            {"type": "relu"},
+            {"type": "maxpool", "pool": 3, "stride": 2},
+            {"type": "lrn", "size": 3, "alpha": 1.0, "beta": 0.75, "k": 1.0},
+            {"type": "fc", "units": 7},
+            {"type": "relu"},
+            {"type": "batchnorm"},
+            {"type": "fc"},
+            {"type": "softmax"},
+        ],
+        (9, 10, 3),
+        4,
+        6,
+    ),
     "fused-at-input": (FUSED_AT_INPUT, (15, 14, 2), 3, 5),
 }
 
@@ -305,7 +335,7 @@ class FDSetup:
     def numpy_loss(self, pv):
         lp = [dict(d) for d in self.lp0]
         for i, name, off, n in self.blocks:
-            lp[i][name] = pv[off:off + n].reshape(lp[i][name].shape)
+            lp[i][name] = pv[off : off + n].reshape(lp[i][name].shape)
         return nr.cross_entropy(nr.network_forward(self.net.layers, lp, self.X, 1.0, train=True), self.y)
 
     def numpy_fd(self, j, h):
@@ -339,7 +369,7 @@ def test_loss_and_grad_matches_float64_differences_of_the_numpy_model(name, fuse
     np.testing.assert_allclose(S.loss, S.numpy_loss(S.p0), rtol=2e-5)
     fd = np.array([S.numpy_fd(j, 1e-6 * max(1.0, abs(S.p0[j]))) for j in S.coords])
     an = S.g[S.coords]
-    rms = np.sqrt(np.mean(S.g ** 2))
+    rms = np.sqrt(np.mean(S.g**2))
     bad = np.flatnonzero(np.abs(fd - an) > 1e-3 * np.abs(an) + 2e-5 * rms)
     assert bad.size == 0, "gradient != float64 model: " + _report(S.names, an, fd, bad)
     # and along one random direction through all parameters at once
@@ -440,15 +470,15 @@ def test_same_seed_and_threads_is_bit_identical():
 def test_different_seeds_give_different_weights():
     a = make_net(DET_STACK, DET_SHAPE, DET_K, seed=1)
     b = make_net(DET_STACK, DET_SHAPE, DET_K, seed=2)
-    for (i, name, off, n) in param_blocks(a):
+    for i, name, off, n in param_blocks(a):
         if name == "weight":  # Glorot-uniform; batch norm starts at gamma 1, beta 0 and biases at 0
-            assert not np.array_equal(a.params[off:off + n], b.params[off:off + n]), f"layer {i} weight"
+            assert not np.array_equal(a.params[off : off + n], b.params[off : off + n]), f"layer {i} weight"
             lim = np.sqrt(6.0 / sum(_fans(a, i)))
-            assert np.all(np.abs(a.params[off:off + n]) <= lim)
-            assert np.abs(a.params[off:off + n]).max() > 0.9 * lim
+            assert np.all(np.abs(a.params[off : off + n]) <= lim)
+            assert np.abs(a.params[off : off + n]).max() > 0.9 * lim
         else:
             expect = 1.0 if name == "gamma" else 0.0
-            np.testing.assert_array_equal(a.params[off:off + n], expect)
+            np.testing.assert_array_equal(a.params[off : off + n], expect)
 
 
 def _fans(net, i):
@@ -522,8 +552,12 @@ def _fc(**kw):
 
 BAD_STACKS = [
     # (stack, (H, W, C), n_classes, fragments the message must contain)
-    ([{"type": "conv", "filters": 2, "kernel": 3}, {"type": "maxpool", "pool": 5}, _fc()], (6, 6, 1), 3,
-     ["layer 1", "maxpool"]),
+    (
+        [{"type": "conv", "filters": 2, "kernel": 3}, {"type": "maxpool", "pool": 5}, _fc()],
+        (6, 6, 1),
+        3,
+        ["layer 1", "maxpool"],
+    ),
     ([{"type": "batchnorm"}, {"type": "conv", "filters": 2, "kernel": 7}, _fc()], (5, 6, 3), 3, ["layer 1", "conv"]),
     ([{"type": "conv", "filters": 2, "kernel": (2, 9), "padding": 1}, _fc()], (9, 6, 3), 3, ["layer 0", "conv"]),
     ([{"type": "lrn", "size": 4}, _fc()], (3, 3, 3), 3, ["layer 0", "lrn"]),
@@ -615,7 +649,7 @@ def test_train_step_rejects_bad_arguments(small, case):
 def test_train_step_rejects_labels_that_overflow_int32(small):
     net, X = small
     with pytest.raises(ValueError):
-        net.train_step(X, np.array([0, 1]), np.array([0, 2 ** 32 + 1], np.int64))
+        net.train_step(X, np.array([0, 1]), np.array([0, 2**32 + 1], np.int64))
 
 
 @pytest.mark.parametrize("what", ["idx", "labels"])
@@ -655,9 +689,17 @@ def test_loss_and_grad_and_predict_proba_reject_bad_arguments(small):
     np.testing.assert_allclose(net.predict_proba(Xu), net.predict_proba(Xu.astype(f32)), rtol=0, atol=1e-7)
 
 
-@pytest.mark.parametrize("args", [(0.0, 0.9, 0.999, 1e-8, 0.0), (1e-3, 1.0, 0.999, 1e-8, 0.0),
-                                  (1e-3, 0.9, -0.1, 1e-8, 0.0), (1e-3, 0.9, 0.999, 0.0, 0.0),
-                                  (1e-3, 0.9, 0.999, 1e-8, -1.0), (float("nan"), 0.9, 0.999, 1e-8, 0.0)])
+@pytest.mark.parametrize(
+    "args",
+    [
+        (0.0, 0.9, 0.999, 1e-8, 0.0),
+        (1e-3, 1.0, 0.999, 1e-8, 0.0),
+        (1e-3, 0.9, -0.1, 1e-8, 0.0),
+        (1e-3, 0.9, 0.999, 0.0, 0.0),
+        (1e-3, 0.9, 0.999, 1e-8, -1.0),
+        (float("nan"), 0.9, 0.999, 1e-8, 0.0),
+    ],
+)
 def test_set_optimizer_rejects_bad_settings(small, args):
     with pytest.raises(ValueError):
         small[0].set_optimizer(*args)
@@ -701,8 +743,11 @@ def _corrupt(state, key, how):
     return s
 
 
-SET_STATE_BAD = [(k, h) for k in ("params", "adam_m", "adam_v", "running") for h in ("short", "long", "missing")] \
-    + [("params", "nan"), ("params", "inf"), ("adam_step", "missing")]
+SET_STATE_BAD = [(k, h) for k in ("params", "adam_m", "adam_v", "running") for h in ("short", "long", "missing")] + [
+    ("params", "nan"),
+    ("params", "inf"),
+    ("adam_step", "missing"),
+]
 SET_STATE_NAN_UNCHECKED = [("adam_m", "nan"), ("adam_v", "nan"), ("running", "nan"), ("running", "inf")]
 
 
@@ -751,12 +796,32 @@ def test_ndlm_preset_parameter_count_and_shapes():
     assert net.n_params == 174_881
     # NDLM.md's table (C, H, W)
     assert [tuple(s) for s in net.output_shapes] == [
-        (3, 300, 300), (3, 300, 300), (10, 296, 296), (10, 296, 296), (10, 296, 296),
-        (10, 296, 296), (10, 59, 59), (10, 59, 59), (5, 1, 1), (5, 1, 1)]
+        (3, 300, 300),
+        (3, 300, 300),
+        (10, 296, 296),
+        (10, 296, 296),
+        (10, 296, 296),
+        (10, 296, 296),
+        (10, 59, 59),
+        (10, 59, 59),
+        (5, 1, 1),
+        (5, 1, 1),
+    ]
     sizes = [(i, name, n) for i, name, _, n in param_blocks(net)]
-    assert sizes == [(0, "gamma", 3), (0, "beta", 3), (2, "weight", 750), (2, "bias", 10), (3, "gamma", 10),
-                     (3, "beta", 10), (5, "gamma", 10), (5, "beta", 10), (7, "gamma", 10), (7, "beta", 10),
-                     (8, "weight", 174_050), (8, "bias", 5)]
+    assert sizes == [
+        (0, "gamma", 3),
+        (0, "beta", 3),
+        (2, "weight", 750),
+        (2, "bias", 10),
+        (3, "gamma", 10),
+        (3, "beta", 10),
+        (5, "gamma", 10),
+        (5, "beta", 10),
+        (7, "gamma", 10),
+        (7, "beta", 10),
+        (8, "weight", 174_050),
+        (8, "bias", 5),
+    ]
     lp = net.layer_params()
     assert lp[2]["weight"].shape == (10, 3, 5, 5) and lp[8]["weight"].shape == (5, 34_810)
     assert [layer["type"] for layer in net.layers] == [layer["type"] for layer in PRESETS["ndlm"]]

@@ -14,12 +14,11 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
-
 from ndlm_sk import __version__  # noqa: E402
 from ndlm_sk.datasets import load_pbc_sample, pbc_sample_path  # noqa: E402
 from ndlm_sk.estimator import NDLMClassifier  # noqa: E402
 from ndlm_sk.onnx_export import ONNX_IR_VERSION, ONNX_OPSET, to_onnx  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the deployment section: docs/deploy.md, or README.md once it is merged there
@@ -109,8 +108,20 @@ def test_graph_interface_and_metadata(fitted):
     assert [(o.domain, o.version) for o in model.opset_import] == [("", ONNX_OPSET)]
     assert ONNX_OPSET == 17
     ops = {n.op_type for n in model.graph.node}
-    assert {"Cast", "Mul", "Transpose", "BatchNormalization", "LRN", "Conv", "Relu", "MaxPool",
-            "Gemm", "Softmax", "ArgMax", "Gather"} <= ops
+    assert {
+        "Cast",
+        "Mul",
+        "Transpose",
+        "BatchNormalization",
+        "LRN",
+        "Conv",
+        "Relu",
+        "MaxPool",
+        "Gemm",
+        "Softmax",
+        "ArgMax",
+        "Gather",
+    } <= ops
     (inp,) = model.graph.input
     assert inp.name == "images"
     tt = inp.type.tensor_type
@@ -181,11 +192,11 @@ def test_docs_snippet_runs_with_onnxruntime_alone(fitted, tmp_path):
         "print('PROBA', json.dumps(probabilities[0].tolist()))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # ndlm_sk is not importable
-    res = subprocess.run([sys.executable, "-c", code + guard], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code + guard], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     first, proba_line = res.stdout.strip().splitlines()[-2:]
     image = _decode_image(tmp_path / "cell.jpg", clf.image_shape_[:2])[np.newaxis]
     assert first.split()[0] == clf.predict(image)[0]
-    np.testing.assert_allclose(json.loads(proba_line.split(" ", 1)[1]), clf.predict_proba(image)[0],
-                               atol=1e-4)
+    np.testing.assert_allclose(json.loads(proba_line.split(" ", 1)[1]), clf.predict_proba(image)[0], atol=1e-4)

@@ -5,8 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from ndlm_sk.report import (
     PAPER_RESULTS,
     classification_report_ndlm,
@@ -16,6 +14,7 @@ from ndlm_sk.report import (
     to_markdown,
     write_report,
 )
+from PIL import Image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -46,8 +45,7 @@ def _history(n_epochs=5, iters=4):
     rng = np.random.default_rng(0)
     return {
         "loss": np.linspace(1.5, 0.2, n_epochs).tolist(),
-        "iteration_loss": (np.linspace(1.6, 0.15, n_epochs * iters)
-                           + 0.05 * rng.random(n_epochs * iters)).tolist(),
+        "iteration_loss": (np.linspace(1.6, 0.15, n_epochs * iters) + 0.05 * rng.random(n_epochs * iters)).tolist(),
         "train_accuracy": np.linspace(0.5, 0.98, n_epochs).tolist(),
         "val_accuracy": np.linspace(0.45, 0.95, n_epochs).tolist(),
         "val_loss": np.linspace(1.6, 0.3, n_epochs).tolist(),
@@ -60,8 +58,7 @@ def test_hand_computed_example():
     assert r["error"] == pytest.approx(100 * 2 / 6)
     assert r["n_samples"] == 6
     assert r["labels"] == ["a", "b", "c"]
-    assert r["confusion_matrix"] == {"labels": ["a", "b", "c"],
-                                     "matrix": [[2, 1, 0], [0, 1, 1], [0, 0, 1]]}
+    assert r["confusion_matrix"] == {"labels": ["a", "b", "c"], "matrix": [[2, 1, 0], [0, 1, 1], [0, 0, 1]]}
     for lab, (p, s, sp, f1, n) in EXPECTED.items():
         got = r["per_class"][lab]
         assert got["precision"] == pytest.approx(p)
@@ -79,8 +76,7 @@ def test_labels_order_absent_class_and_int_labels():
     r = classification_report_ndlm(Y_TRUE, Y_PRED, labels=["c", "b", "a", "z"])
     assert r["labels"] == ["c", "b", "a", "z"]
     assert r["confusion_matrix"]["matrix"][0] == [1, 0, 0, 0]
-    assert r["per_class"]["z"] == {"precision": 0.0, "sensitivity": 0.0,
-                                   "specificity": 1.0, "f1": 0.0, "support": 0}
+    assert r["per_class"]["z"] == {"precision": 0.0, "sensitivity": 0.0, "specificity": 1.0, "f1": 0.0, "support": 0}
 
     ri = classification_report_ndlm(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]))
     assert ri["labels"] == [0, 1, 2] and isinstance(ri["labels"][0], int)
@@ -100,8 +96,7 @@ def test_paper_results():
     assert PAPER_RESULTS["table_1"]["accuracy"] == 96.19
     assert PAPER_RESULTS["table_1"]["error"] == 3.81
     t2 = PAPER_RESULTS["table_2"]
-    as_tuples = {k: (v["precision"], v["sensitivity"], v["specificity"], v["f1"])
-                 for k, v in t2.items()}
+    as_tuples = {k: (v["precision"], v["sensitivity"], v["specificity"], v["f1"]) for k, v in t2.items()}
     assert as_tuples == {
         "basophil": (0.91, 0.93, 0.99, 0.92),
         "eosinophil": (0.99, 0.98, 1.00, 0.99),
@@ -109,8 +104,14 @@ def test_paper_results():
         "monocyte": (0.89, 0.95, 0.98, 0.92),
         "neutrophil": (0.98, 0.96, 0.99, 0.97),
     }
-    assert PAPER_RESULTS["table_3"] == {"DFCN": 94.56, "DL": 94.76, "DFTL": 94.7,
-                                        "CDFL": 90.64, "NDEL": 95.69, "ResNet": 95.22}
+    assert PAPER_RESULTS["table_3"] == {
+        "DFCN": 94.56,
+        "DL": 94.76,
+        "DFTL": 94.7,
+        "CDFL": 90.64,
+        "NDEL": 95.69,
+        "ResNet": 95.22,
+    }
 
 
 def _wbc_report():
@@ -129,16 +130,14 @@ def test_markdown_with_paper_numbers():
     assert md.startswith("# Run 1\n")
     for heading in ("## Table I", "## Table II", "## Confusion matrix", "## Run details"):
         assert heading in md
-    for number in ("96.19", "3.81", "94.56", "94.76", "94.70", "90.64", "95.69", "95.22",
-                   "5.44", "4.31"):
+    for number in ("96.19", "3.81", "94.56", "94.76", "94.70", "90.64", "95.69", "95.22", "5.44", "4.31"):
         assert number in md
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("|")}
     # ours and the paper's per metric: basophil .91/.93/.99/.92 appear in the basophil row
     cells = [c.strip() for c in rows["Basophil"].split("|")[1:-1]]
     assert cells[2::2][:4] == ["0.91", "0.93", "0.99", "0.92"]
     assert cells[1] == f"{r['per_class']['basophil']['precision']:.2f}"
-    assert [c.strip() for c in rows["Eosinophil"].split("|")[1:-1]][2::2][:4] == \
-        ["0.99", "0.98", "1.00", "0.99"]
+    assert [c.strip() for c in rows["Eosinophil"].split("|")[1:-1]][2::2][:4] == ["0.99", "0.98", "1.00", "0.99"]
     assert f"**{r['accuracy']:.2f}**" in md
     assert "a\\|b" in md  # table-safe
     cm_row = [c.strip() for c in rows["basophil"].split("|")[1:-1]]
@@ -169,8 +168,7 @@ def test_plots_are_valid_pngs(tmp_path):
     _valid_png(plot_learning_curves(_history(), tmp_path / "lc.png"))
     # partial histories: loss only; iteration loss only; accuracies in percent
     _valid_png(plot_learning_curves({"loss": [1.0, 0.5, 0.3]}, tmp_path / "lc2.png"))
-    _valid_png(plot_learning_curves({"iteration_loss": [1.0, 0.8, 0.5, 0.4]},
-                                    tmp_path / "lc3.png"))
+    _valid_png(plot_learning_curves({"iteration_loss": [1.0, 0.8, 0.5, 0.4]}, tmp_path / "lc3.png"))
     _valid_png(plot_learning_curves({"val_accuracy": [50.0, 70.0, 90.0]}, tmp_path / "lc4.png"))
 
     class Fitted:
@@ -187,7 +185,11 @@ def test_write_report(tmp_path):
     written = write_report(tmp_path / "out", r, history=h, extra={"preset": "ndlm"})
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion_matrix.png", "learning_curves.png", "report.json", "report.md"]
+        "confusion_matrix.png",
+        "learning_curves.png",
+        "report.json",
+        "report.md",
+    ]
     assert set(written) == {"markdown", "json", "confusion_matrix", "learning_curves"}
     _valid_png(out / "confusion_matrix.png")
     _valid_png(out / "learning_curves.png")
@@ -199,8 +201,7 @@ def test_write_report(tmp_path):
     assert "96.19" in md and "preset" in md
 
     written = write_report(tmp_path / "out2", r)
-    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == [
-        "confusion_matrix.png", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "out2").iterdir()) == ["confusion_matrix.png", "report.json", "report.md"]
 
 
 def test_missing_matplotlib(tmp_path, monkeypatch):

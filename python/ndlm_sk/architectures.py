@@ -81,8 +81,7 @@ def resolve_architecture(architecture):
             return deepcopy(PRESETS[architecture])
         except KeyError:
             raise ValueError(
-                f"unknown architecture {architecture!r}; presets: {sorted(PRESETS)}, "
-                "or pass a list of layer dicts"
+                f"unknown architecture {architecture!r}; presets: {sorted(PRESETS)}, or pass a list of layer dicts"
             ) from None
     if isinstance(architecture, (list, tuple)) and architecture:
         stack = []

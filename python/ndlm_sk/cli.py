@@ -127,8 +127,9 @@ def _resolve_architecture(value):
         if not isinstance(stack, list):
             raise CLIError(f"{value} must hold a JSON list of layer objects")
         return stack
-    raise CLIError(f"unknown architecture {value!r}: a preset ({', '.join(sorted(PRESETS))}) "
-                   f"or a .json file with a list of layers")
+    raise CLIError(
+        f"unknown architecture {value!r}: a preset ({', '.join(sorted(PRESETS))}) or a .json file with a list of layers"
+    )
 
 
 def _print_report(y_true, y_pred, classes, extra, out):
@@ -138,8 +139,7 @@ def _print_report(y_true, y_pred, classes, extra, out):
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n_right = int(np.sum(y_true == y_pred))
-    print(f"Test accuracy: {100.0 * n_right / len(y_true):.2f}% ({n_right}/{len(y_true)} images)",
-          file=out)
+    print(f"Test accuracy: {100.0 * n_right / len(y_true):.2f}% ({n_right}/{len(y_true)} images)", file=out)
     report = classification_report_ndlm(y_true, y_pred, labels=classes)
     print(file=out)
     print(to_markdown(report, extra=extra), file=out)
@@ -147,39 +147,54 @@ def _print_report(y_true, y_pred, classes, extra, out):
 
 # --------------------------------------------------------------------------------- train
 def _add_augment_flag(p):
-    p.add_argument("--augment", action="store_true",
-                   help="train on random flips / 90-degree rotations of the images (not in the paper)")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="train on random flips / 90-degree rotations of the images (not in the paper)",
+    )
 
 
 def _setup_train(sub):
     p = sub.add_parser(
-        "train", help="train on an image folder (default: the embedded sample) and report",
+        "train",
+        help="train on an image folder (default: the embedded sample) and report",
         description="Train NDLMClassifier on a PBC-style folder (one subfolder per class), hold "
-                    "out a stratified test part, print the test accuracy and per-class "
-                    "precision, sensitivity, specificity and F1, and optionally save the model.",
+        "out a stratified test part, print the test accuracy and per-class "
+        "precision, sensitivity, specificity and F1, and optionally save the model.",
     )
-    p.add_argument("--data", metavar="FOLDER",
-                   help="folder with one subfolder of images per class (default: the embedded "
-                        "200-image PBC sample)")
-    p.add_argument("--image-size", type=_image_size, default=(300, 300), metavar="N|HxW",
-                   help="resize every image to this size (default: 300, as the paper)")
+    p.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="folder with one subfolder of images per class (default: the embedded 200-image PBC sample)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=(300, 300),
+        metavar="N|HxW",
+        help="resize every image to this size (default: 300, as the paper)",
+    )
     p.add_argument("--epochs", type=_positive_int, default=100, help="epochs (default: 100)")
-    p.add_argument("--batch-size", type=_positive_int, default=128,
-                   help="mini-batch size (default: 128)")
-    p.add_argument("--learning-rate", type=float, default=1e-3,
-                   help="Adam's learning rate (default: 1e-3)")
-    p.add_argument("--test-size", type=_fraction, default=0.25,
-                   help="stratified held-out test fraction (default: 0.25; 0 trains on all)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the split, the weights and the shuffling (default: 0)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)")
-    p.add_argument("--architecture", default="ndlm", metavar="PRESET|FILE.json",
-                   help="a preset (ndlm, ndel, dfcn, dl, dftl, cdfl) or a JSON file with a "
-                        "list of layers (default: ndlm)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default: 128)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate (default: 1e-3)")
+    p.add_argument(
+        "--test-size",
+        type=_fraction,
+        default=0.25,
+        help="stratified held-out test fraction (default: 0.25; 0 trains on all)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the weights and the shuffling (default: 0)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)"
+    )
+    p.add_argument(
+        "--architecture",
+        default="ndlm",
+        metavar="PRESET|FILE.json",
+        help="a preset (ndlm, ndel, dfcn, dl, dftl, cdfl) or a JSON file with a list of layers (default: ndlm)",
+    )
     _add_augment_flag(p)
-    p.add_argument("--save", metavar="MODEL",
-                   help="save the fitted model: MODEL.ndlm (safe format) or MODEL.joblib")
+    p.add_argument("--save", metavar="MODEL", help="save the fitted model: MODEL.ndlm (safe format) or MODEL.joblib")
     p.add_argument("--verbose", action="store_true", help="print one line per epoch")
     p.set_defaults(run=_run_train)
 
@@ -203,14 +218,21 @@ def _run_train(args):
         X, y = load_pbc(args.data, image_size=args.image_size, verbose=args.verbose)
         source = args.data
     h, w = args.image_size
-    print(f"Loaded {len(y)} images of {len(np.unique(y))} classes from {source} at {h}x{w} "
-          f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    idx_train, _, idx_test = split_indices(y, (1.0 - args.test_size, 0.0, args.test_size),
-                                           random_state=args.seed)
+    print(
+        f"Loaded {len(y)} images of {len(np.unique(y))} classes from {source} at {h}x{w} "
+        f"({time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+    idx_train, _, idx_test = split_indices(y, (1.0 - args.test_size, 0.0, args.test_size), random_state=args.seed)
     clf = NDLMClassifier(
-        architecture, max_iter=args.epochs, batch_size=args.batch_size,
-        learning_rate_init=args.learning_rate, random_state=args.seed, n_jobs=args.threads,
-        augment=args.augment, verbose=args.verbose,
+        architecture,
+        max_iter=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate_init=args.learning_rate,
+        random_state=args.seed,
+        n_jobs=args.threads,
+        augment=args.augment,
+        verbose=args.verbose,
     )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -218,14 +240,22 @@ def _run_train(args):
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(X[idx_train], y[idx_train])
     dt = time.perf_counter() - t0
-    print(f"Trained {clf.n_params_} parameters on {len(idx_train)} images for {clf.n_iter_} "
-          f"epochs in {dt:.1f} s; final training loss {clf.loss_:.4f}", flush=True)
+    print(
+        f"Trained {clf.n_params_} parameters on {len(idx_train)} images for {clf.n_iter_} "
+        f"epochs in {dt:.1f} s; final training loss {clf.loss_:.4f}",
+        flush=True,
+    )
     if len(idx_test):
         y_pred = clf.predict(X[idx_test])
         extra = {
-            "data": source, "image size": f"{h}x{w}", "architecture": args.architecture,
-            "epochs": clf.n_iter_, "batch size": args.batch_size, "seed": args.seed,
-            "training images": len(idx_train), "test images": len(idx_test),
+            "data": source,
+            "image size": f"{h}x{w}",
+            "architecture": args.architecture,
+            "epochs": clf.n_iter_,
+            "batch size": args.batch_size,
+            "seed": args.seed,
+            "training images": len(idx_train),
+            "test images": len(idx_test),
             "training time (s)": round(dt, 1),
         }
         _print_report(y[idx_test], y_pred, clf.classes_, extra, sys.stdout)
@@ -238,15 +268,20 @@ def _run_train(args):
 # --------------------------------------------------------------------------------- export-onnx
 def _setup_export_onnx(sub):
     p = sub.add_parser(
-        "export-onnx", help="convert a saved model to ONNX",
+        "export-onnx",
+        help="convert a saved model to ONNX",
         description="Write a saved model as an ONNX file (opset 17) that onnxruntime runs "
-                    "without ndlm_sk: input 'images' (N, H, W, C); outputs 'label', "
-                    "'probabilities' and 'label_index'.",
+        "without ndlm_sk: input 'images' (N, H, W, C); outputs 'label', "
+        "'probabilities' and 'label_index'.",
     )
     p.add_argument("model", metavar="MODEL", help="a .ndlm or .joblib model file")
     p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
-    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
-                   help="element type of the input images (default: uint8)")
+    p.add_argument(
+        "--input-dtype",
+        choices=("uint8", "float32"),
+        default="uint8",
+        help="element type of the input images (default: uint8)",
+    )
     p.set_defaults(run=_run_export_onnx)
 
 
@@ -260,29 +295,35 @@ def _run_export_onnx(args):
     clf = load_model_file(args.model)
     to_onnx(clf, args.out, input_dtype=args.input_dtype)
     h, w, c = clf.image_shape_
-    print(f"Wrote {args.out} ({os.path.getsize(args.out)} bytes): input 'images' "
-          f"(N, {h}, {w}, {c}) {args.input_dtype}; outputs 'label', 'probabilities' "
-          f"(N, {len(clf.classes_)}), 'label_index'; classes {list(map(str, clf.classes_))}")
+    print(
+        f"Wrote {args.out} ({os.path.getsize(args.out)} bytes): input 'images' "
+        f"(N, {h}, {w}, {c}) {args.input_dtype}; outputs 'label', 'probabilities' "
+        f"(N, {len(clf.classes_)}), 'label_index'; classes {list(map(str, clf.classes_))}"
+    )
     return 0
 
 
 # --------------------------------------------------------------------------------- predict
 def _setup_predict(sub):
     p = sub.add_parser(
-        "predict", help="classify image files or folders with a saved model",
+        "predict",
+        help="classify image files or folders with a saved model",
         description="Print one row per image: the file, the predicted class and the probability "
-                    "of each class. Folders are searched recursively for images (.jpg, .jpeg, "
-                    ".png, .tif, .tiff). Unreadable files are reported on stderr and skipped. "
-                    "Exit code 0 if at least one image was predicted, else 1.",
+        "of each class. Folders are searched recursively for images (.jpg, .jpeg, "
+        ".png, .tif, .tiff). Unreadable files are reported on stderr and skipped. "
+        "Exit code 0 if at least one image was predicted, else 1.",
     )
     p.add_argument("model", metavar="MODEL", help="a .ndlm or .joblib model file")
     p.add_argument("paths", metavar="IMAGE_OR_FOLDER", nargs="+")
-    p.add_argument("--format", choices=("csv", "table"), default="csv",
-                   help="output format (default: csv)")
-    p.add_argument("--image-size", default="auto", metavar="auto|N|HxW",
-                   help="resize images to this size before predicting, as load_pbc does; "
-                        "'auto' (default) uses the size the model was trained on, which an "
-                        "explicit size must equal")
+    p.add_argument("--format", choices=("csv", "table"), default="csv", help="output format (default: csv)")
+    p.add_argument(
+        "--image-size",
+        default="auto",
+        metavar="auto|N|HxW",
+        help="resize images to this size before predicting, as load_pbc does; "
+        "'auto' (default) uses the size the model was trained on, which an "
+        "explicit size must equal",
+    )
     p.add_argument("--threads", type=int, default=None, help="threads of the C++ core")
     p.set_defaults(run=_run_predict)
 
@@ -296,8 +337,7 @@ def _image_files(paths):
             found = []
             for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if d != "__MACOSX")
-                found.extend(os.path.join(root, f) for f in files
-                             if f.lower().endswith(IMAGE_EXTENSIONS))
+                found.extend(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
                 yield p, "no image files in this folder"
             for f in sorted(found):
@@ -341,8 +381,9 @@ def _run_predict(args):
         except argparse.ArgumentTypeError as e:
             raise CLIError(f"--image-size: {e}") from None
         if size != (h, w):
-            raise CLIError(f"--image-size {size[0]}x{size[1]} differs from the {h}x{w} images the "
-                           f"model was trained on (use auto)")
+            raise CLIError(
+                f"--image-size {size[0]}x{size[1]} differs from the {h}x{w} images the model was trained on (use auto)"
+            )
     if c not in (1, 3):
         raise CLIError(f"the model takes {c}-channel images; predict reads RGB or grayscale files")
     classes = [str(k) for k in clf.classes_]
@@ -398,27 +439,35 @@ def _run_predict(args):
 # --------------------------------------------------------------------------------- main
 def _setup_reproduce(sub):
     p = sub.add_parser(
-        "reproduce", help="the paper's experiment: 50/25/25 split, train, select, test, report",
+        "reproduce",
+        help="the paper's experiment: 50/25/25 split, train, select, test, report",
         description="Reproduce the NDLM paper on a PBC folder: stratified 50/25/25 train / "
-                    "validation / test split, NDLM trained with Adam, the epoch with the best "
-                    "validation accuracy kept, the test part evaluated once, and a report "
-                    "(Tables I-II beside the paper's numbers, confusion matrix, learning curves "
-                    "as PNG, Markdown and JSON) written to --out. Checkpoints every epoch: "
-                    "running the same command again resumes an interrupted run.",
+        "validation / test split, NDLM trained with Adam, the epoch with the best "
+        "validation accuracy kept, the test part evaluated once, and a report "
+        "(Tables I-II beside the paper's numbers, confusion matrix, learning curves "
+        "as PNG, Markdown and JSON) written to --out. Checkpoints every epoch: "
+        "running the same command again resumes an interrupted run.",
     )
-    p.add_argument("--data", metavar="FOLDER", required=True,
-                   help="the PBC folder (one subfolder of images per class)")
-    p.add_argument("--out", metavar="DIR", default="ndlm-reproduction",
-                   help="output folder for checkpoints, report and model (default: ./ndlm-reproduction)")
+    p.add_argument("--data", metavar="FOLDER", required=True, help="the PBC folder (one subfolder of images per class)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default="ndlm-reproduction",
+        help="output folder for checkpoints, report and model (default: ./ndlm-reproduction)",
+    )
     p.add_argument("--epochs", type=_positive_int, default=100, help="maximum epochs (default: 100)")
-    p.add_argument("--patience", type=_positive_int, default=None,
-                   help="stop when the validation accuracy has not improved for this many epochs "
-                        "(default: run all epochs)")
+    p.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=None,
+        help="stop when the validation accuracy has not improved for this many epochs (default: run all epochs)",
+    )
     p.add_argument("--image-size", type=_positive_int, default=300, help="image side (default: 300)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default: 0)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)"
+    )
     p.add_argument("--architecture", default="ndlm", metavar="PRESET", help="layer stack preset (default: ndlm)")
     _add_augment_flag(p)
     p.set_defaults(run=_run_reproduce)
@@ -431,10 +480,19 @@ def _run_reproduce(args):
         raise CLIError("--threads must not be 0")
     if not Path(args.data).is_dir():
         raise CLIError(f"--data {args.data} is not a folder")
-    reproduce(args.data, args.out, epochs=args.epochs, patience=args.patience,
-              image_size=args.image_size, batch_size=args.batch_size, seed=args.seed,
-              threads=args.threads, architecture=args.architecture, augment=args.augment,
-              log=lambda msg: print(msg, flush=True))
+    reproduce(
+        args.data,
+        args.out,
+        epochs=args.epochs,
+        patience=args.patience,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        threads=args.threads,
+        architecture=args.architecture,
+        augment=args.augment,
+        log=lambda msg: print(msg, flush=True),
+    )
     return 0
 
 

@@ -160,8 +160,11 @@ def load_pbc(
     labels, rels = _list_files(root, class_names)
     t0 = time.perf_counter()
     hashes, read_errors = _hash_files(root, rels)
-    _log(verbose, f"found {len(rels)} image files in {len(class_names)} class folders of "
-                  f"{root}; hashed in {time.perf_counter() - t0:.1f} s")
+    _log(
+        verbose,
+        f"found {len(rels)} image files in {len(class_names)} class folders of "
+        f"{root}; hashed in {time.perf_counter() - t0:.1f} s",
+    )
 
     key = _cache_key(class_names, rels, hashes, size_hw, deduplicate)
     X = meta = None
@@ -172,13 +175,14 @@ def load_pbc(
         hit = _read_cache(cdir, key, verbose)
         if hit is not None:
             X, meta = hit
-            _log(verbose, f"cache hit: {_entry_stem(cdir, key)}.npy "
-                          f"({X.nbytes / 1e6:.0f} MB, {time.perf_counter() - t0:.1f} s)")
+            _log(
+                verbose,
+                f"cache hit: {_entry_stem(cdir, key)}.npy ({X.nbytes / 1e6:.0f} MB, {time.perf_counter() - t0:.1f} s)",
+            )
         else:
             _log(verbose, f"cache miss in {cdir}")
     if X is None:
-        X, meta = _build(root, labels, rels, hashes, read_errors, size_hw, deduplicate,
-                         n_jobs, verbose)
+        X, meta = _build(root, labels, rels, hashes, read_errors, size_hw, deduplicate, n_jobs, verbose)
         if cache:
             _write_cache(cdir, key, X, meta, verbose)
 
@@ -217,8 +221,7 @@ def pbc_sample_path():
     return Path(__file__).resolve().parent / "data" / "pbc_sample"
 
 
-def load_pbc_sample(image_size=300, *, return_paths=False, cache=False, cache_dir=None,
-                    verbose=False):
+def load_pbc_sample(image_size=300, *, return_paths=False, cache=False, cache_dir=None, verbose=False):
     """Load the embedded sample of the PBC dataset: 200 images, 40 per class.
 
     The files are an unmodified random sample (``random.Random(0)``; 2 per class from the second
@@ -235,8 +238,9 @@ def load_pbc_sample(image_size=300, *, return_paths=False, cache=False, cache_di
     y : ndarray of shape (200,), dtype str
     paths : list of str, only if ``return_paths``
     """
-    return load_pbc(pbc_sample_path(), image_size, cache=cache, cache_dir=cache_dir,
-                    verbose=verbose, return_paths=return_paths)
+    return load_pbc(
+        pbc_sample_path(), image_size, cache=cache, cache_dir=cache_dir, verbose=verbose, return_paths=return_paths
+    )
 
 
 def default_cache_dir():
@@ -297,14 +301,14 @@ def split_indices(y, sizes=(0.5, 0.25, 0.25), random_state=0):
     empty = np.empty(0, dtype=idx.dtype)
     if s_tr >= 1.0:
         return idx.copy(), empty, empty.copy()
-    idx_tr, idx_rest = train_test_split(idx, train_size=s_tr, stratify=y,
-                                        random_state=random_state)
+    idx_tr, idx_rest = train_test_split(idx, train_size=s_tr, stratify=y, random_state=random_state)
     if s_va == 0.0:
         return idx_tr, empty, idx_rest
     if s_te == 0.0:
         return idx_tr, idx_rest, empty
-    idx_va, idx_te = train_test_split(idx_rest, test_size=s_te / (s_va + s_te),
-                                      stratify=y[idx_rest], random_state=random_state)
+    idx_va, idx_te = train_test_split(
+        idx_rest, test_size=s_te / (s_va + s_te), stratify=y[idx_rest], random_state=random_state
+    )
     return idx_tr, idx_va, idx_te
 
 
@@ -347,9 +351,7 @@ def _check_image_size(image_size):
                 raise ValueError
             h = w = operator.index(image_size)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"image_size must be a positive int or a (height, width) pair, got {image_size!r}"
-        ) from None
+        raise ValueError(f"image_size must be a positive int or a (height, width) pair, got {image_size!r}") from None
     if h <= 0 or w <= 0:
         raise ValueError(f"image_size must be positive, got {image_size!r}")
     return int(h), int(w)
@@ -366,8 +368,7 @@ def _resolve_root(path):
 
 def _select_classes(root, classes):
     available = sorted(
-        e.name for e in os.scandir(root)
-        if e.is_dir() and not e.name.startswith(".") and e.name not in _SKIPPED_DIRS
+        e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".") and e.name not in _SKIPPED_DIRS
     )
     if classes is None:
         selected = available
@@ -381,11 +382,11 @@ def _select_classes(root, classes):
         selected = sorted(set(classes))
         missing = [c for c in selected if c not in available]
         if missing:
-            raise ValueError(f"class folder(s) {missing} not found in {root}; "
-                             f"available: {available}")
+            raise ValueError(f"class folder(s) {missing} not found in {root}; available: {available}")
     if not selected:
-        raise ValueError(f"no class subfolders in {root}: expected one folder per class holding "
-                         f"the images (<class>/<image>.jpg)")
+        raise ValueError(
+            f"no class subfolders in {root}: expected one folder per class holding the images (<class>/<image>.jpg)"
+        )
     return selected
 
 
@@ -393,19 +394,20 @@ def _list_files(root, class_names, warn_empty=True):
     labels, rels, empty = [], [], []
     for c in class_names:
         names = sorted(
-            e.name for e in os.scandir(root / c)
-            if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
+            e.name for e in os.scandir(root / c) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
         )
         if not names:
             empty.append(c)
         labels.extend([c] * len(names))
         rels.extend(f"{c}/{n}" for n in names)
     if not rels:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders "
-                         f"{class_names} of {root}")
+        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders {class_names} of {root}")
     if empty and warn_empty:
-        warnings.warn(f"load_pbc: ignored {len(empty)} class folder(s) of {root} without image "
-                      f"files: {', '.join(empty)}", PBCDataWarning, stacklevel=3)
+        warnings.warn(
+            f"load_pbc: ignored {len(empty)} class folder(s) of {root} without image files: {', '.join(empty)}",
+            PBCDataWarning,
+            stacklevel=3,
+        )
     return labels, rels
 
 
@@ -522,7 +524,7 @@ def _decode_all(root, rels, size_hw, n_jobs, verbose):
     if n_workers <= 1 or n < _MIN_PARALLEL:
         _log(verbose, f"decoding {n} images to {h}x{w} in this process")
         for c, s in enumerate(starts):
-            errs = _decode_into(X[s:s + _CHUNK], root, rels[s:s + _CHUNK], size_hw)
+            errs = _decode_into(X[s : s + _CHUNK], root, rels[s : s + _CHUNK], size_hw)
             failed.extend((s + k, reason) for k, reason in errs)
             if (c + 1) % 16 == 0 or s + _CHUNK >= n:
                 progress(min(s + _CHUNK, n))
@@ -532,14 +534,12 @@ def _decode_all(root, rels, size_hw, n_jobs, verbose):
         _log(verbose, f"decoding {n} images to {h}x{w} with {n_workers} processes")
         # Chunks are submitted in groups so that finished blocks are copied into X as they
         # come back, instead of all ~n*h*w*3 bytes of results being held at once.
-        group = [starts[i:i + 4 * n_workers] for i in range(0, len(starts), 4 * n_workers)]
+        group = [starts[i : i + 4 * n_workers] for i in range(0, len(starts), 4 * n_workers)]
         with Parallel(n_jobs=n_workers, backend="loky") as parallel:
             for part in group:
-                results = parallel(
-                    delayed(_decode_chunk)(root, rels[s:s + _CHUNK], size_hw) for s in part
-                )
+                results = parallel(delayed(_decode_chunk)(root, rels[s : s + _CHUNK], size_hw) for s in part)
                 for s, (block, errs) in zip(part, results):
-                    X[s:s + len(block)] = block
+                    X[s : s + len(block)] = block
                     failed.extend((s + k, reason) for k, reason in errs)
                 del results
                 progress(min(part[-1] + _CHUNK, n))
@@ -574,8 +574,7 @@ def _build(root, labels, rels, hashes, read_errors, size_hw, deduplicate, n_jobs
     kept = [i for j, i in enumerate(candidates) if j not in bad]
     if not kept:
         shown = ", ".join(r for r, _ in unreadable[:_MAX_LISTED])
-        raise ValueError(f"none of the {len(rels)} image files in {root} could be decoded "
-                         f"(e.g. {shown})")
+        raise ValueError(f"none of the {len(rels)} image files in {root} could be decoded (e.g. {shown})")
     meta = {
         "labels": [labels[i] for i in kept],
         "paths": [rels[i] for i in kept],
@@ -599,25 +598,33 @@ def _emit_warnings(meta, root):
         warnings.warn(
             f"load_pbc: skipped {len(unreadable)} file(s) in {root} that are not readable "
             f"images: {_summary([f'{r} ({why})' for r, why in unreadable])}",
-            PBCDataWarning, stacklevel=3)
+            PBCDataWarning,
+            stacklevel=3,
+        )
     within = meta["duplicates_within_class"]
     conflicts = meta["duplicates_across_classes"]
     if within or conflicts:
         n_conf = sum(len(g) for g in conflicts)
         parts = []
         if within:
-            parts.append(f"{len(within)} extra copies within a class (the first copy in name "
-                         f"order is kept; dropped: "
-                         f"{_summary([f'{d} (= {k})' for d, k in within])})")
+            parts.append(
+                f"{len(within)} extra copies within a class (the first copy in name "
+                f"order is kept; dropped: "
+                f"{_summary([f'{d} (= {k})' for d, k in within])})"
+            )
         if conflicts:
-            parts.append(f"{n_conf} files in {len(conflicts)} group(s) of identical files with "
-                         f"different labels (label unknown, every copy dropped: "
-                         f"{_summary([' = '.join(g) for g in conflicts])})")
+            parts.append(
+                f"{n_conf} files in {len(conflicts)} group(s) of identical files with "
+                f"different labels (label unknown, every copy dropped: "
+                f"{_summary([' = '.join(g) for g in conflicts])})"
+            )
         warnings.warn(
             f"load_pbc: dropped {len(within) + n_conf} byte-identical duplicate file(s) in "
             f"{root}: {'; and '.join(parts)}. find_duplicates(path) lists every group, "
             f"return_paths=True the files kept; deduplicate=False keeps them all.",
-            PBCDataWarning, stacklevel=3)
+            PBCDataWarning,
+            stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -666,9 +673,11 @@ def _read_cache(cdir, key, verbose):
             raise ValueError("CRC32 mismatch")
     except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
         # json.JSONDecodeError is a ValueError; np.load raises ValueError/OSError/EOFError.
-        warnings.warn(f"load_pbc: cache entry {stem}.npy is corrupt or incomplete "
-                      f"({type(exc).__name__}: {exc}); rebuilding it", PBCDataWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"load_pbc: cache entry {stem}.npy is corrupt or incomplete ({type(exc).__name__}: {exc}); rebuilding it",
+            PBCDataWarning,
+            stacklevel=3,
+        )
         return None
     return X, meta
 
@@ -689,19 +698,20 @@ def _atomic_write(target, write):
 
 def _write_cache(cdir, key, X, meta, verbose):
     stem = _entry_stem(cdir, key)
-    full = dict(meta, format=_CACHE_FORMAT_VERSION, key=key, shape=list(X.shape),
-                dtype="uint8", crc32=_crc32(X))
+    full = dict(meta, format=_CACHE_FORMAT_VERSION, key=key, shape=list(X.shape), dtype="uint8", crc32=_crc32(X))
     t0 = time.perf_counter()
     try:
         cdir.mkdir(parents=True, exist_ok=True)
         # The array first, the metadata last: an entry is valid only once both are in place.
-        _atomic_write(Path(f"{stem}.npy"),
-                      lambda f: np.lib.format.write_array(f, X, allow_pickle=False))
+        _atomic_write(Path(f"{stem}.npy"), lambda f: np.lib.format.write_array(f, X, allow_pickle=False))
         blob = json.dumps(full, ensure_ascii=False).encode("utf-8")
         _atomic_write(Path(f"{stem}.json"), lambda f: f.write(blob))
     except OSError as exc:
-        warnings.warn(f"load_pbc: could not write the cache in {cdir} ({exc}); continuing "
-                      f"without it", PBCDataWarning, stacklevel=3)
+        warnings.warn(
+            f"load_pbc: could not write the cache in {cdir} ({exc}); continuing without it",
+            PBCDataWarning,
+            stacklevel=3,
+        )
         return
     _log(verbose, f"cached as {stem}.npy ({time.perf_counter() - t0:.1f} s)")
 
@@ -712,8 +722,9 @@ def _check_sizes(sizes):
     except TypeError:
         raise ValueError(f"sizes must be 3 fractions (train, val, test), got {sizes!r}") from None
     if len(s) != 3 or any(not np.isfinite(v) or v < 0 for v in s) or s[0] <= 0:
-        raise ValueError(f"sizes must be 3 non-negative fractions (train, val, test) with a "
-                         f"positive train fraction, got {sizes!r}")
+        raise ValueError(
+            f"sizes must be 3 non-negative fractions (train, val, test) with a positive train fraction, got {sizes!r}"
+        )
     if abs(sum(s) - 1.0) > 1e-6:
         raise ValueError(f"sizes must sum to 1, got {sizes!r} (sum {sum(s)})")
     return s

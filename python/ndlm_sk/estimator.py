@@ -170,15 +170,18 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         """Check X and return it as a C-contiguous (n, H, W, C) uint8 or float32 array."""
         if hasattr(X, "ndim") and getattr(X, "ndim", 2) >= 3:
             X = check_array(
-                X, dtype=list(_CORE_DTYPES), order="C", allow_nd=True, ensure_all_finite=True,
-                ensure_min_samples=1, input_name="X",
+                X,
+                dtype=list(_CORE_DTYPES),
+                order="C",
+                allow_nd=True,
+                ensure_all_finite=True,
+                ensure_min_samples=1,
+                input_name="X",
             )
             if X.ndim == 3:  # (n, H, W) grayscale
                 X = X[..., np.newaxis]
             if X.ndim != 4:
-                raise ValueError(
-                    f"expected images of shape (n, height, width, channels), got {X.ndim} dimensions"
-                )
+                raise ValueError(f"expected images of shape (n, height, width, channels), got {X.ndim} dimensions")
             shape = tuple(int(s) for s in X.shape[1:])
             _check_image_shape(shape, "images")
             if reset:
@@ -195,7 +198,12 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
                 )
             return X
         X = validate_data(
-            self, X, reset=reset, dtype=list(_CORE_DTYPES), order="C", ensure_all_finite=True,
+            self,
+            X,
+            reset=reset,
+            dtype=list(_CORE_DTYPES),
+            order="C",
+            ensure_all_finite=True,
             ensure_min_features=1,
         )
         n, f = X.shape
@@ -251,8 +259,12 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         n_threads = self._threads()
         try:
             net = _core.Network(
-                stack, self.image_shape_, len(self.classes_), seed=int(seed),
-                n_threads=n_threads, input_scale=float(self.input_scale),
+                stack,
+                self.image_shape_,
+                len(self.classes_),
+                seed=int(seed),
+                n_threads=n_threads,
+                input_scale=float(self.input_scale),
             )
         except ValueError as e:
             h, w, c = self.image_shape_
@@ -264,8 +276,11 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     def _configure_network(self):
         self._net.n_threads = self._threads()
         self._net.set_optimizer(
-            float(self.learning_rate_init), float(self.beta_1), float(self.beta_2),
-            float(self.epsilon), float(self.alpha),
+            float(self.learning_rate_init),
+            float(self.beta_1),
+            float(self.beta_2),
+            float(self.epsilon),
+            float(self.alpha),
         )
 
     def _encode(self, y):
@@ -300,7 +315,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
         if not first and classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
-            raise ValueError(f"classes={list(classes)} differs from the classes_ of the first call {list(self.classes_)}")
+            raise ValueError(
+                f"classes={list(classes)} differs from the classes_ of the first call {list(self.classes_)}"
+            )
         return self._fit(X, y, None, None, incremental=True, classes=classes)
 
     def _fit(self, X, y, X_val, y_val, incremental, classes=None):
@@ -354,7 +371,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         elif not incremental and self.early_stopping:
             stratify = y_enc if np.min(np.bincount(y_enc)) >= 2 else None
             train_idx, val_idx = train_test_split(
-                train_idx, test_size=self.validation_fraction, stratify=stratify,
+                train_idx,
+                test_size=self.validation_fraction,
+                stratify=stratify,
                 random_state=np.random.RandomState(self._seed),
             )
             Xv, yv = X, y_enc[val_idx]
@@ -397,9 +416,10 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
                     warnings.warn(
                         f"Stopped after max_iter={self.max_iter} epochs without convergence.",
                         ConvergenceWarning,
+                        stacklevel=3,
                     )
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by the user: keeping the model trained so far.")
+            warnings.warn("Training interrupted by the user: keeping the model trained so far.", stacklevel=3)
         finally:
             if keep_best and getattr(self, "_best_state", None) is not None:
                 self._net.set_state(self._best_state)
@@ -420,9 +440,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         if self.augment:
             sym = np.random.default_rng([self._seed, self.n_iter_, 1]).integers(0, 8, n)
         for s in range(0, n, bs):
-            idx = np.ascontiguousarray(order[s:s + bs], dtype=np.int64)
+            idx = np.ascontiguousarray(order[s : s + bs], dtype=np.int64)
             if self.augment:  # a transformed copy of the mini-batch (only it, never all of X)
-                xb = _dihedral(X[idx], sym[s:s + bs])
+                xb = _dihedral(X[idx], sym[s : s + bs])
                 loss, c = self._net.train_step(xb, np.arange(len(idx), dtype=np.int64), y_enc[idx])
             else:
                 loss, c = self._net.train_step(X, idx, y_enc[idx])
@@ -497,6 +517,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         net_state = state.pop("_net_state", None)
         # a model saved before a parameter existed gets that parameter's default
         import inspect
+
         for name, p in inspect.signature(type(self).__init__).parameters.items():
             if name != "self" and name not in state and p.default is not inspect.Parameter.empty:
                 state[name] = p.default
@@ -505,6 +526,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             saved_layers = state.get("layers_")
             self._build_network(self._seed)
             if saved_layers is not None and [dict(l) for l in saved_layers] != list(self._net.layers):
-                raise ValueError("the saved layer stack (layers_) does not match the one the architecture parameter builds")
+                raise ValueError(
+                    "the saved layer stack (layers_) does not match the one the architecture parameter builds"
+                )
             self._net.set_state(net_state)
-

@@ -55,8 +55,7 @@ FORMAT_VERSION = 1
 _HEADER = "header.json"
 _MAX_HEADER_BYTES = 64 << 20
 _NPY_HEADER_SLACK = 1 << 16  # bytes allowed for an .npy member's own header
-_TAGS = ("__array__", "__objarray__", "__tuple__", "__float__", "__npscalar__",
-         "__randomstate__", "__dict__")
+_TAGS = ("__array__", "__objarray__", "__tuple__", "__float__", "__npscalar__", "__randomstate__", "__dict__")
 
 
 def _library_version():
@@ -90,8 +89,7 @@ def _encode(obj, arrays, where):
         if obj.dtype.kind == "O":
             vals = obj.ravel().tolist()
             if not all(_is_json_scalar(v) for v in vals):
-                raise TypeError(f"{where}: object array with values that are not str, int, "
-                                f"finite float, bool or None")
+                raise TypeError(f"{where}: object array with values that are not str, int, finite float, bool or None")
             return {"__objarray__": vals, "shape": list(obj.shape)}
         if obj.dtype.kind not in "biufcUS" or obj.dtype.fields is not None:
             raise TypeError(f"{where}: arrays of dtype {obj.dtype} are not supported")
@@ -113,12 +111,16 @@ def _encode(obj, arrays, where):
         return out
     if isinstance(obj, np.random.RandomState):
         kind, keys, pos, has_gauss, cached = obj.get_state()
-        return {"__randomstate__": {
-            "kind": kind, "keys": _encode(keys, arrays, where), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": _encode(float(cached), arrays, where),
-        }}
-    raise TypeError(f"{where}: cannot store a {type(obj).__name__} in an .ndlm file "
-                    f"(use joblib for such models)")
+        return {
+            "__randomstate__": {
+                "kind": kind,
+                "keys": _encode(keys, arrays, where),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": _encode(float(cached), arrays, where),
+            }
+        }
+    raise TypeError(f"{where}: cannot store a {type(obj).__name__} in an .ndlm file (use joblib for such models)")
 
 
 def _decode(obj, arrays, where="state"):
@@ -160,8 +162,15 @@ def _decode(obj, arrays, where="state"):
         s = obj[tag]
         try:
             rs = np.random.RandomState()
-            rs.set_state((str(s["kind"]), _decode(s["keys"], arrays, where), int(s["pos"]),
-                          int(s["has_gauss"]), float(_decode(s["cached_gaussian"], arrays, where))))
+            rs.set_state(
+                (
+                    str(s["kind"]),
+                    _decode(s["keys"], arrays, where),
+                    int(s["pos"]),
+                    int(s["has_gauss"]),
+                    float(_decode(s["cached_gaussian"], arrays, where)),
+                )
+            )
             return rs
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{where}: bad RandomState") from None
@@ -326,13 +335,13 @@ def load_model(path):
         est.__setstate__(state)
     except MemoryError:
         raise _bad(shown, "the declared layer stack is too large to build") from None
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError,
-            RuntimeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RuntimeError) as e:
         raise _bad(shown, f"the saved arrays do not fit the declared model ({e})") from None
     # __setstate__ rebuilds layers_ from the architecture: the saved stack must be that one
     if "_net_state" in state and list(est.layers_) != list(state["layers_"]):
-        raise _bad(shown, "the saved layer stack (layers_) does not match the architecture "
-                          "the network was rebuilt from")
+        raise _bad(
+            shown, "the saved layer stack (layers_) does not match the architecture the network was rebuilt from"
+        )
     return est
 
 
@@ -340,8 +349,7 @@ def _check_state(state, shown):
     """Type checks of the fields __setstate__ relies on, so a bad file gives a clear error."""
     if "_net_state" not in state:
         return  # an unfitted estimator: nothing to rebuild
-    need = ("_net_state", "_seed", "classes_", "image_shape_", "layers_", "architecture",
-            "input_scale", "n_jobs")
+    need = ("_net_state", "_seed", "classes_", "image_shape_", "layers_", "architecture", "input_scale", "n_jobs")
     missing = [k for k in need if k not in state]
     if missing:
         raise _bad(shown, f"the state lacks {missing}")
@@ -351,8 +359,11 @@ def _check_state(state, shown):
     ):
         raise _bad(shown, "the network state lacks its arrays")
     shape = state["image_shape_"]
-    if not (isinstance(shape, tuple) and len(shape) == 3
-            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+    if not (
+        isinstance(shape, tuple)
+        and len(shape) == 3
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
+    ):
         raise _bad(shown, f"bad image_shape_ {shape!r}")
     classes = state["classes_"]
     if not isinstance(classes, np.ndarray) or classes.ndim != 1 or len(classes) < 2:
@@ -362,8 +373,9 @@ def _check_state(state, shown):
     if not isinstance(state["layers_"], list):
         raise _bad(shown, "layers_ must be a list of layer specs")
     n_jobs = state["n_jobs"]
-    if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool)
-                               or n_jobs == 0 or abs(n_jobs) > 4096):
+    if n_jobs is not None and (
+        not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0 or abs(n_jobs) > 4096
+    ):
         raise _bad(shown, f"bad n_jobs {n_jobs!r}")
     n_params = state.get("n_params_")
     if isinstance(n_params, int) and ns["params"].size != n_params:

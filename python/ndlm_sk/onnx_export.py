@@ -52,9 +52,7 @@ def _class_tensor(classes):
 
     classes = np.asarray(classes)
     values = classes.tolist()
-    if classes.dtype.kind in "US" or (
-        classes.dtype.kind == "O" and all(isinstance(v, str) for v in values)
-    ):
+    if classes.dtype.kind in "US" or (classes.dtype.kind == "O" and all(isinstance(v, str) for v in values)):
         strs = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
         return TensorProto.STRING, np.array(strs, dtype=object), strs, "string"
     if classes.dtype.kind == "b" or (
@@ -63,8 +61,7 @@ def _class_tensor(classes):
         arr = classes.astype(bool)
         return TensorProto.BOOL, arr, arr.tolist(), "bool"
     if classes.dtype.kind in "iu" or (
-        classes.dtype.kind == "O"
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+        classes.dtype.kind == "O" and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
     ):
         arr = classes.astype(np.int64)
         return TensorProto.INT64, arr, arr.tolist(), "int64"
@@ -156,32 +153,52 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
         if t == "batchnorm":
             x = node(
                 "BatchNormalization",
-                [x, const(f"l{i}_gamma", p["gamma"]), const(f"l{i}_beta", p["beta"]),
-                 const(f"l{i}_mean", p["running_mean"]), const(f"l{i}_var", p["running_var"])],
-                f"l{i}_batchnorm", epsilon=float(spec["eps"]),
+                [
+                    x,
+                    const(f"l{i}_gamma", p["gamma"]),
+                    const(f"l{i}_beta", p["beta"]),
+                    const(f"l{i}_mean", p["running_mean"]),
+                    const(f"l{i}_var", p["running_var"]),
+                ],
+                f"l{i}_batchnorm",
+                epsilon=float(spec["eps"]),
             )
         elif t == "lrn":
-            x = node("LRN", [x], f"l{i}_lrn", size=int(spec["size"]), alpha=float(spec["alpha"]),
-                     beta=float(spec["beta"]), bias=float(spec["k"]))
+            x = node(
+                "LRN",
+                [x],
+                f"l{i}_lrn",
+                size=int(spec["size"]),
+                alpha=float(spec["alpha"]),
+                beta=float(spec["beta"]),
+                bias=float(spec["k"]),
+            )
         elif t == "conv":
             k = spec["kernel"]
             kh, kw = (int(k), int(k)) if np.ndim(k) == 0 else (int(v) for v in k)
             s, pad = int(spec["stride"]), int(spec["padding"])
-            x = node("Conv", [x, const(f"l{i}_weight", p["weight"]), const(f"l{i}_bias", p["bias"])],
-                     f"l{i}_conv", kernel_shape=[kh, kw], strides=[s, s], pads=[pad, pad, pad, pad],
-                     dilations=[1, 1], group=1)
+            x = node(
+                "Conv",
+                [x, const(f"l{i}_weight", p["weight"]), const(f"l{i}_bias", p["bias"])],
+                f"l{i}_conv",
+                kernel_shape=[kh, kw],
+                strides=[s, s],
+                pads=[pad, pad, pad, pad],
+                dilations=[1, 1],
+                group=1,
+            )
         elif t == "relu":
             x = node("Relu", [x], f"l{i}_relu")
         elif t == "maxpool":
             k, s = int(spec["pool"]), int(spec["stride"])
-            x = node("MaxPool", [x], f"l{i}_maxpool", kernel_shape=[k, k], strides=[s, s],
-                     ceil_mode=0)
+            x = node("MaxPool", [x], f"l{i}_maxpool", kernel_shape=[k, k], strides=[s, s], ceil_mode=0)
         elif t == "fc":
             if rank != 2:
                 x = node("Flatten", [x], f"l{i}_flatten", axis=1)  # C, H, W order, as the core
                 rank = 2
-            x = node("Gemm", [x, const(f"l{i}_weight", p["weight"]), const(f"l{i}_bias", p["bias"])],
-                     f"l{i}_fc", transB=1)
+            x = node(
+                "Gemm", [x, const(f"l{i}_weight", p["weight"]), const(f"l{i}_bias", p["bias"])], f"l{i}_fc", transB=1
+            )
         elif t == "softmax":
             pass  # the core applies softmax once at the end, whether the stack ends with it or not
         else:  # pragma: no cover - the core rejects unknown layer types
@@ -190,16 +207,15 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
         x = node("Flatten", [x], "logits", axis=1)
     probs = "probabilities"
     nodes.append(helper.make_node("Softmax", [x], [probs], name="softmax_op", axis=1))
-    nodes.append(helper.make_node("ArgMax", [probs], ["label_index"], name="argmax_op", axis=1,
-                                  keepdims=0))
+    nodes.append(helper.make_node("ArgMax", [probs], ["label_index"], name="argmax_op", axis=1, keepdims=0))
     classes_init = "classes"
     inits.append(numpy_helper.from_array(label_values, classes_init))
-    nodes.append(helper.make_node("Gather", [classes_init, "label_index"], ["label"],
-                                  name="label_op", axis=0))
+    nodes.append(helper.make_node("Gather", [classes_init, "label_index"], ["label"], name="label_op", axis=0))
 
     elem = TensorProto.UINT8 if input_dtype == "uint8" else TensorProto.FLOAT
     graph = helper.make_graph(
-        nodes, name,
+        nodes,
+        name,
         [helper.make_tensor_value_info("images", elem, ["N", h, w, c])],
         [
             helper.make_tensor_value_info("label", label_type, ["N"]),
@@ -207,13 +223,18 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
             helper.make_tensor_value_info("label_index", TensorProto.INT64, ["N"]),
         ],
         initializer=inits,
-        doc_string=(f"NDLMClassifier: images (N, {h}, {w}, {c}) {input_dtype} -> label, "
-                    f"probabilities (N, {n_classes}), label_index"),
+        doc_string=(
+            f"NDLMClassifier: images (N, {h}, {w}, {c}) {input_dtype} -> label, "
+            f"probabilities (N, {n_classes}), label_index"
+        ),
     )
     version = _library_version()
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="ndlm_sk",
-        producer_version=version, doc_string="NDLM white blood cell classifier exported by ndlm_sk",
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="ndlm_sk",
+        producer_version=version,
+        doc_string="NDLM white blood cell classifier exported by ndlm_sk",
     )
     model.ir_version = ONNX_IR_VERSION
     meta = {

@@ -36,8 +36,10 @@ __all__ = [
 #: fractions rounded to 2 decimals, as printed. Table III lists other shallow CNNs trained by the
 #: authors on the same data (accuracy in %); Table IV is their ResNet-like model per class.
 PAPER_RESULTS = {
-    "reference": ("Al-Jader A.R.H., Sheet N.S.M., Farhan M.N., Al-Nima R.R.O., \"Normalized Deep "
-                  "Learning Model for Classifying White Blood Cell\", 2026 (CC BY 4.0)"),
+    "reference": (
+        'Al-Jader A.R.H., Sheet N.S.M., Farhan M.N., Al-Nima R.R.O., "Normalized Deep '
+        'Learning Model for Classifying White Blood Cell", 2026 (CC BY 4.0)'
+    ),
     "table_1": {"method": "NDLM", "accuracy": 96.19, "error": 3.81},
     "table_2": {
         "basophil": {"precision": 0.91, "sensitivity": 0.93, "specificity": 0.99, "f1": 0.92},
@@ -64,8 +66,12 @@ PAPER_RESULTS = {
 }
 
 _METRICS = ("precision", "sensitivity", "specificity", "f1")
-_METRIC_TITLES = {"precision": "Precision", "sensitivity": "Sensitivity",
-                  "specificity": "Specificity", "f1": "F1-score"}
+_METRIC_TITLES = {
+    "precision": "Precision",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "f1": "F1-score",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,9 +123,7 @@ def classification_report_ndlm(y_true, y_pred, labels=None):
     y_pred = np.asarray(y_pred)
     labels = unique_labels(y_true, y_pred) if labels is None else np.asarray(labels)
     cm = confusion_matrix(y_true, y_pred, labels=labels)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     accuracy = 100.0 * float(accuracy_score(y_true, y_pred))
 
     total = cm.sum()
@@ -140,12 +144,10 @@ def classification_report_ndlm(y_true, y_pred, labels=None):
             "f1": float(f1[k]),
             "support": int(support[k]),
         }
-    columns = {"precision": precision, "sensitivity": recall, "specificity": specificity,
-               "f1": f1}
+    columns = {"precision": precision, "sensitivity": recall, "specificity": specificity, "f1": f1}
     n_support = int(support.sum())
     macro = {m: float(np.mean(v)) if len(v) else 0.0 for m, v in columns.items()}
-    weighted = {m: float(np.average(v, weights=support)) if n_support else 0.0
-                for m, v in columns.items()}
+    weighted = {m: float(np.average(v, weights=support)) if n_support else 0.0 for m, v in columns.items()}
     macro["support"] = weighted["support"] = n_support
     return {
         "accuracy": accuracy,
@@ -202,8 +204,7 @@ def to_markdown(report, compare_with_paper=True, title="NDLM classification repo
     # Table I
     lines += ["## Table I: overall test accuracy", ""]
     lines += [_row(["Method", "Overall accuracy (%)", "Error (%)"]), "|---|---:|---:|"]
-    lines.append(_row(["**ndlm_sk (this run)**", f"**{_fmt(report['accuracy'])}**",
-                       f"**{_fmt(report['error'])}**"]))
+    lines.append(_row(["**ndlm_sk (this run)**", f"**{_fmt(report['accuracy'])}**", f"**{_fmt(report['error'])}**"]))
     if compare_with_paper:
         t1 = PAPER_RESULTS["table_1"]
         lines.append(_row(["NDLM (paper, Table I)", _fmt(t1["accuracy"]), _fmt(t1["error"])]))
@@ -248,8 +249,7 @@ def to_markdown(report, compare_with_paper=True, title="NDLM classification repo
         cells.append(avg.get("support", ""))
         lines.append(_row(cells))
     lines.append("")
-    lines += ["Sensitivity is recall; specificity is TN / (TN + FP), one class versus the rest.",
-              ""]
+    lines += ["Sensitivity is recall; specificity is TN / (TN + FP), one class versus the rest.", ""]
 
     # Confusion matrix
     cm = report["confusion_matrix"]
@@ -296,8 +296,7 @@ def to_json(report, path):
     Returns the path written.
     """
     path = Path(path)
-    path.write_text(json.dumps(report, indent=2, default=_json_default, ensure_ascii=False)
-                    + "\n", encoding="utf-8")
+    path.write_text(json.dumps(report, indent=2, default=_json_default, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -362,10 +361,12 @@ def plot_learning_curves(history, path, title="NDLM learning curves"):
     va_acc = _as_percent(_series(history, "val_accuracy"))
     va_loss = _series(history, "val_loss")
     if all(s is None for s in (loss, it_loss, tr_acc, va_acc, va_loss)):
-        raise ValueError("history has none of: loss, iteration_loss, train_accuracy, "
-                         "val_accuracy, val_loss")
-    n_epochs = max(len(s) for s in (loss, tr_acc, va_acc, va_loss) if s is not None) \
-        if any(s is not None for s in (loss, tr_acc, va_acc, va_loss)) else 0
+        raise ValueError("history has none of: loss, iteration_loss, train_accuracy, val_accuracy, val_loss")
+    n_epochs = (
+        max(len(s) for s in (loss, tr_acc, va_acc, va_loss) if s is not None)
+        if any(s is not None for s in (loss, tr_acc, va_acc, va_loss))
+        else 0
+    )
 
     fig = _new_figure(figsize=(8.0, 7.0), layout="constrained")
     ax_acc, ax_loss = fig.subplots(2, 1, sharex=True)
@@ -376,11 +377,11 @@ def plot_learning_curves(history, path, title="NDLM learning curves"):
     if tr_acc is not None:
         ax_acc.plot(epochs(tr_acc), tr_acc, color="tab:blue", lw=1.5, label="training")
     if va_acc is not None:
-        ax_acc.plot(epochs(va_acc), va_acc, color="black", ls="--", marker="o", ms=3, lw=1,
-                    label="validation")
+        ax_acc.plot(epochs(va_acc), va_acc, color="black", ls="--", marker="o", ms=3, lw=1, label="validation")
     if tr_acc is None and va_acc is None:
-        ax_acc.text(0.5, 0.5, "no accuracy recorded", ha="center", va="center",
-                    transform=ax_acc.transAxes, color="gray")
+        ax_acc.text(
+            0.5, 0.5, "no accuracy recorded", ha="center", va="center", transform=ax_acc.transAxes, color="gray"
+        )
     else:
         ax_acc.legend(loc="lower right")
     ax_acc.set_ylabel("Accuracy (%)")
@@ -395,17 +396,13 @@ def plot_learning_curves(history, path, title="NDLM learning curves"):
         else:
             x_it = np.arange(1, len(it_loss) + 1)
             x_label = "Iteration"
-        ax_loss.plot(x_it, it_loss, color="tab:orange", lw=0.6, alpha=0.7,
-                     label="training (mini-batch)")
+        ax_loss.plot(x_it, it_loss, color="tab:orange", lw=0.6, alpha=0.7, label="training (mini-batch)")
     if loss is not None:
-        ax_loss.plot(epochs(loss), loss, color="tab:red", lw=1.5, marker="o", ms=2.5,
-                     label="training (epoch mean)")
+        ax_loss.plot(epochs(loss), loss, color="tab:red", lw=1.5, marker="o", ms=2.5, label="training (epoch mean)")
     if va_loss is not None:
-        ax_loss.plot(epochs(va_loss), va_loss, color="black", ls="--", marker="o", ms=3,
-                     lw=1, label="validation")
+        ax_loss.plot(epochs(va_loss), va_loss, color="black", ls="--", marker="o", ms=3, lw=1, label="validation")
     if it_loss is None and loss is None and va_loss is None:
-        ax_loss.text(0.5, 0.5, "no loss recorded", ha="center", va="center",
-                     transform=ax_loss.transAxes, color="gray")
+        ax_loss.text(0.5, 0.5, "no loss recorded", ha="center", va="center", transform=ax_loss.transAxes, color="gray")
     else:
         ax_loss.legend(loc="upper right")
     ax_loss.set_ylabel("Loss (cross-entropy)")
@@ -441,8 +438,9 @@ def plot_confusion_matrix(report, path, title="Confusion matrix"):
     for i in range(k):
         for j in range(k):
             color = "white" if frac[i, j] > 0.6 else "black"
-            ax.text(j, i, f"{int(cm[i, j])}\n{100 * frac[i, j]:.1f}%", ha="center",
-                    va="center", color=color, fontsize=9)
+            ax.text(
+                j, i, f"{int(cm[i, j])}\n{100 * frac[i, j]:.1f}%", ha="center", va="center", color=color, fontsize=9
+            )
     ax.set_xticks(range(k), labels, rotation=45, ha="right")
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("Predicted class")
@@ -481,8 +479,7 @@ def write_report(out_dir, report, history=None, extra=None):
     try:
         written["confusion_matrix"] = plot_confusion_matrix(report, out / "confusion_matrix.png")
         if history is not None:
-            written["learning_curves"] = plot_learning_curves(history,
-                                                              out / "learning_curves.png")
+            written["learning_curves"] = plot_learning_curves(history, out / "learning_curves.png")
     except ImportError as exc:
         warnings.warn(f"write_report: figures skipped ({exc})", stacklevel=2)
     return written

@@ -24,6 +24,7 @@ HISTORY = "history.json"
 
 def _atomic_dump(obj, path):
     import joblib
+
     tmp = f"{path}.tmp"
     joblib.dump(obj, tmp)
     os.replace(tmp, path)
@@ -41,8 +42,21 @@ def _log_loss(proba, y_enc):
     return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0))))
 
 
-def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_size=128, seed=0,
-              threads=None, architecture="ndlm", augment=False, cache_dir=None, log=print):
+def reproduce(
+    data,
+    out,
+    *,
+    epochs=100,
+    patience=None,
+    image_size=300,
+    batch_size=128,
+    seed=0,
+    threads=None,
+    architecture="ndlm",
+    augment=False,
+    cache_dir=None,
+    log=print,
+):
     """Run (or resume) the paper's experiment; returns the test report dict.
 
     Model selection keeps the weights of the epoch with the best validation accuracy (MATLAB's
@@ -55,23 +69,32 @@ def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_siz
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"data": str(Path(data).resolve()), "epochs": int(epochs), "patience": patience,
-              "image_size": int(image_size), "batch_size": int(batch_size), "seed": int(seed),
-              "threads": threads, "architecture": architecture, "augment": bool(augment),
-              "split": [0.5, 0.25, 0.25]}
+    config = {
+        "data": str(Path(data).resolve()),
+        "epochs": int(epochs),
+        "patience": patience,
+        "image_size": int(image_size),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "threads": threads,
+        "architecture": architecture,
+        "augment": bool(augment),
+        "split": [0.5, 0.25, 0.25],
+    }
 
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        X, y, paths = load_pbc(data, image_size, cache=True, cache_dir=cache_dir, verbose=True,
-                               return_paths=True)
+        X, y, paths = load_pbc(data, image_size, cache=True, cache_dir=cache_dir, verbose=True, return_paths=True)
     data_notes = [str(w.message) for w in caught]
     for note in data_notes:
         log(f"data: {note}")
     load_seconds = time.perf_counter() - t0
     tr, va, te = split_indices(y, (0.5, 0.25, 0.25), random_state=seed)
-    log(f"loaded {len(X)} images {X.shape[1:]} in {load_seconds:.1f} s; "
-        f"split train {len(tr)} / validation {len(va)} / test {len(te)} (seed {seed})")
+    log(
+        f"loaded {len(X)} images {X.shape[1:]} in {load_seconds:.1f} s; "
+        f"split train {len(tr)} / validation {len(va)} / test {len(te)} (seed {seed})"
+    )
     X_tr, y_tr = X[tr], y[tr]
     X_va, y_va = X[va], y[va]
     X_te, y_te = X[te], y[te]
@@ -82,23 +105,40 @@ def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_siz
         history = json.loads(hist_path.read_text())
         fixed = ("data", "image_size", "batch_size", "seed", "threads", "architecture", "split", "augment")
         if any(history["config"].get(k, False if k == "augment" else None) != config[k] for k in fixed):
-            raise ValueError(f"{out} holds a run with another configuration {history.get('config')}; "
-                             "use another --out folder")
+            raise ValueError(
+                f"{out} holds a run with another configuration {history.get('config')}; use another --out folder"
+            )
         history["config"] = config  # epochs / patience may change: a run can be extended
         clf = joblib.load(ckpt_path)
         log(f"resuming after epoch {clf.n_iter_} (checkpoint {ckpt_path})")
     else:
-        history = {"config": config, "loss": [], "train_accuracy": [], "val_accuracy": [],
-                   "val_loss": [], "iteration_loss": [], "epoch_seconds": [], "best_epoch": None,
-                   "stopped": None}
-        clf = NDLMClassifier(architecture, batch_size=batch_size, max_iter=1, warm_start=True,
-                             random_state=seed, n_jobs=threads, augment=augment)
+        history = {
+            "config": config,
+            "loss": [],
+            "train_accuracy": [],
+            "val_accuracy": [],
+            "val_loss": [],
+            "iteration_loss": [],
+            "epoch_seconds": [],
+            "best_epoch": None,
+            "stopped": None,
+        }
+        clf = NDLMClassifier(
+            architecture,
+            batch_size=batch_size,
+            max_iter=1,
+            warm_start=True,
+            random_state=seed,
+            n_jobs=threads,
+            augment=augment,
+        )
 
     classes = np.unique(y_tr)
     y_va_enc = np.searchsorted(classes, y_va)
     best = max(history["val_accuracy"]) if history["val_accuracy"] else -1.0
-    since_best = (len(history["val_accuracy"]) - 1 - int(np.argmax(history["val_accuracy"]))
-                  if history["val_accuracy"] else 0)
+    since_best = (
+        len(history["val_accuracy"]) - 1 - int(np.argmax(history["val_accuracy"])) if history["val_accuracy"] else 0
+    )
     while len(history["loss"]) < epochs:
         if patience is not None and since_best >= patience:
             break
@@ -129,12 +169,17 @@ def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_siz
         _atomic_dump(clf, ckpt_path)
         _atomic_json(history, hist_path)
         left = (epochs - e) * np.mean(history["epoch_seconds"])
-        log(f"epoch {e}/{epochs}: loss {history['loss'][-1]:.4f}, train acc {history['train_accuracy'][-1]:.4f}, "
+        log(
+            f"epoch {e}/{epochs}: loss {history['loss'][-1]:.4f}, train acc {history['train_accuracy'][-1]:.4f}, "
             f"val acc {val_acc:.4f}, val loss {val_loss:.4f}{' *' if improved else ''}, {secs:.1f} s "
-            f"({len(tr) / train_s:.0f} img/s training), about {left / 60:.0f} min left at most")
+            f"({len(tr) / train_s:.0f} img/s training), about {left / 60:.0f} min left at most"
+        )
     n_done = len(history["loss"])
-    history["stopped"] = (f"early stopping: no validation improvement for {patience} epochs after epoch "
-                          f"{history['best_epoch']}" if n_done < epochs else f"all {epochs} epochs")
+    history["stopped"] = (
+        f"early stopping: no validation improvement for {patience} epochs after epoch {history['best_epoch']}"
+        if n_done < epochs
+        else f"all {epochs} epochs"
+    )
     _atomic_json(history, hist_path)
 
     best_clf = joblib.load(best_path)
@@ -146,9 +191,16 @@ def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_siz
     extra = {
         "command": " ".join(["ndlm-sk"] + sys.argv[1:]) if sys.argv and "ndlm" in sys.argv[0] else None,
         "config": config,
-        "images": {"total_after_dedup": int(len(y)), "train": int(len(tr)), "validation": int(len(va)),
-                   "test": int(len(te)), "data_notes": data_notes},
-        "epochs_run": n_done, "best_epoch": history["best_epoch"], "stopped": history["stopped"],
+        "images": {
+            "total_after_dedup": int(len(y)),
+            "train": int(len(tr)),
+            "validation": int(len(va)),
+            "test": int(len(te)),
+            "data_notes": data_notes,
+        },
+        "epochs_run": n_done,
+        "best_epoch": history["best_epoch"],
+        "stopped": history["stopped"],
         "best_validation_accuracy": best,
         "training_wall_seconds": train_seconds,
         "training_images_per_second": float(n_done * len(tr) / train_seconds) if train_seconds else None,
@@ -158,6 +210,7 @@ def reproduce(data, out, *, epochs=100, patience=None, image_size=300, batch_siz
     }
     write_report(out, report, history=history, extra=extra)
     import shutil
+
     shutil.copyfile(best_path, out / "model.joblib")
     log(f"test accuracy {report['accuracy']:.2f}% (paper: 96.19%); report in {out}")
     return report
