@@ -20,11 +20,11 @@
 namespace ndlm {
 
 struct SegOp {
-    bool relu = false;              // ReLU; otherwise batch norm
+    bool relu = false;  // ReLU; otherwise batch norm
     // batch norm, per channel. forward: y = (x - mean) * scale + shift
     const float* mean = nullptr;
-    const float* scale = nullptr;   // gamma * rstd (training) or gamma / sqrt(var + eps) (inference)
-    const float* shift = nullptr;   // beta
+    const float* scale = nullptr;  // gamma * rstd (training) or gamma / sqrt(var + eps) (inference)
+    const float* shift = nullptr;  // beta
     // batch norm backward: dx = ka dy + kx (x - mean) + kb (needed for ops after the one whose
     // sums are computed, and for all of them in the final dX0 pass)
     const float* ka = nullptr;
@@ -33,7 +33,7 @@ struct SegOp {
 };
 
 struct SegShape {
-    int N = 0, C = 0, H = 0, W = 0;  // segment input / output (before pooling), NCHW
+    int N = 0, C = 0, H = 0, W = 0;    // segment input / output (before pooling), NCHW
     int K = 0, S = 0, OH = 0, OW = 0;  // max pool window == stride (non-overlapping); K = 0: no pooling
 };
 

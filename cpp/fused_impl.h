@@ -95,7 +95,9 @@ inline R seg_back(const Ch& ch, R g, const R* vs, const SegConst* cc, int from, 
 // How many forward values the backward chain needs: a ReLU's backward reads its output, a batch
 // norm's its input.
 template <class Ch>
-inline int seg_fwd_needed(const Ch& ch) { return ch.relu(ch.n() - 1) ? ch.n() : ch.n() - 1; }
+inline int seg_fwd_needed(const Ch& ch) {
+    return ch.relu(ch.n() - 1) ? ch.n() : ch.n() - 1;
+}
 
 template <class Ch>
 inline int seg_last_bn(const Ch& ch) {
@@ -111,24 +113,25 @@ void seg_bn_stats(float* mean, float* rstd, const float* x, const SegShape& s, c
     Buf<double> pm(P), pq(P);
     seg_dispatch(ops, nops, [&](auto ch) {
 #pragma omp parallel if (par_work(P * HW * (nops + 1)))
-    {
-        Buf<float> plane(nops > 0 ? HW : 1);
-        SegConst cc[kMaxSegOps] = {};
-        int64_t b, e;
-        split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-        for (int64_t p = b; p < e; p++) {
-            const float* xp = x + p * HW;
-            if (nops > 0) {
-                seg_consts(cc, ops, ch.n(), int(p % s.C), false);
-                map_vec(plane.p, HW, false, [&](int64_t i, int k) { return seg_apply(ch, ldk(xp + i, k), cc, 0, ch.n()); });
-                xp = plane.p;
+        {
+            Buf<float> plane(nops > 0 ? HW : 1);
+            SegConst cc[kMaxSegOps] = {};
+            int64_t b, e;
+            split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+            for (int64_t p = b; p < e; p++) {
+                const float* xp = x + p * HW;
+                if (nops > 0) {
+                    seg_consts(cc, ops, ch.n(), int(p % s.C), false);
+                    map_vec(plane.p, HW, false,
+                            [&](int64_t i, int k) { return seg_apply(ch, ldk(xp + i, k), cc, 0, ch.n()); });
+                    xp = plane.p;
+                }
+                const double m = HW > 0 ? sum_f(xp, HW) / double(HW) : 0.0;
+                const float mf = float(m);
+                pq[p] = sqdev_f(xp, HW, mf) - double(HW) * (m - mf) * (m - mf);
+                pm[p] = m;
             }
-            const double m = HW > 0 ? sum_f(xp, HW) / double(HW) : 0.0;
-            const float mf = float(m);
-            pq[p] = sqdev_f(xp, HW, mf) - double(HW) * (m - mf) * (m - mf);
-            pm[p] = m;
         }
-    }
     });
     bn_combine(mean, rstd, pm.p, pq.p, s.N, s.C, HW, eps);
 }
@@ -147,80 +150,82 @@ void seg_forward(float* y, int32_t* argmax, float* vlast, const float* x, const 
         const int jl = seg_last_bn(ch);
         const bool keep = vlast && jl >= 0;
 #pragma omp parallel if (par_work(P * HW * (nops + 1)))
-    {
-        const int K = s.K, S = s.S, W = s.W, OW = s.OW;
-        const int64_t Wpad = pool ? pool_scratch_len(K, S, OW) : 1;
-        Buf<float> vm(Wpad, true), vk(Wpad, true), vv(Wpad, true), tk(V), tx(V);
-        SegConst cc[kMaxSegOps] = {};
-        int64_t b, e;
-        split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-        for (int64_t p = b; p < e; p++) {
-            seg_consts(cc, ops, ch.n(), int(p % s.C), false);
-            const float* xp = x + p * HW;
-            if (!pool) {
-                map_vec(y + p * HW, HW, nt, [&](int64_t i, int k) { return seg_apply(ch, ldk(xp + i, k), cc, 0, ch.n()); });
-                continue;
-            }
-            float* yp = y + p * OHW;
-            int32_t* ap = argmax + p * OHW;
-            float* lp = keep ? vlast + p * OHW : nullptr;
-            const int Wn = (OW - 1) * S + K;
-            for (int oy = 0; oy < s.OH; oy++) {
-                const int r0 = oy * S;
-                // vertical: as pool_plane (row by row), on the segment's values
-                for (int ky = 0; ky < K; ky++) {
-                    const float* row = xp + int64_t(r0 + ky) * W;
-                    const R fky = Simd::set1(float(ky));
-                    for (int i = 0; i < Wn; i += V) {
-                        const int k = mini(V, Wn - i);
-                        const R xv = ldk(row + i, k);
-                        R m = ky ? Simd::load(vm.p + i) : Simd::set1(-__builtin_inff());
-                        R kk = ky ? Simd::load(vk.p + i) : Simd::zero();
-                        if (keep) {
-                            const R u = seg_apply(ch, xv, cc, 0, jl);
-                            const R v = seg_apply(ch, u, cc, jl, ch.n());
-                            const auto g = Simd::gt(v, m);
-                            const R lv = ky ? Simd::load(vv.p + i) : Simd::zero();
-                            Simd::store(vv.p + i, Simd::blend(g, u, lv));
-                            m = Simd::blend(g, v, m);
-                            kk = Simd::blend(g, fky, kk);
-                        } else {
-                            const R v = seg_apply(ch, xv, cc, 0, ch.n());
-                            const auto g = Simd::gt(v, m);
-                            m = Simd::blend(g, v, m);
-                            kk = Simd::blend(g, fky, kk);
-                        }
-                        Simd::store(vm.p + i, m);  // scratch padded to whole vectors
-                        Simd::store(vk.p + i, kk);
-                    }
+        {
+            const int K = s.K, S = s.S, W = s.W, OW = s.OW;
+            const int64_t Wpad = pool ? pool_scratch_len(K, S, OW) : 1;
+            Buf<float> vm(Wpad, true), vk(Wpad, true), vv(Wpad, true), tk(V), tx(V);
+            SegConst cc[kMaxSegOps] = {};
+            int64_t b, e;
+            split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+            for (int64_t p = b; p < e; p++) {
+                seg_consts(cc, ops, ch.n(), int(p % s.C), false);
+                const float* xp = x + p * HW;
+                if (!pool) {
+                    map_vec(y + p * HW, HW, nt,
+                            [&](int64_t i, int k) { return seg_apply(ch, ldk(xp + i, k), cc, 0, ch.n()); });
+                    continue;
                 }
-                // horizontal: as pool_plane
-                for (int ox0 = 0; ox0 < OW; ox0 += V) {
-                    const int nv = mini(V, OW - ox0);
-                    const float* mb = vm.p + int64_t(ox0) * S;
-                    const float* kb = vk.p + int64_t(ox0) * S;
-                    const float* lb = vv.p + int64_t(ox0) * S;
-                    R best = Simd::gather(mb, S), bk = Simd::gather(kb, S), bx = Simd::zero();
-                    R bl = keep ? Simd::gather(lb, S) : Simd::zero();
-                    for (int kx = 1; kx < K; kx++) {
-                        const R v = Simd::gather(mb + kx, S), k2 = Simd::gather(kb + kx, S);
-                        const auto take =
-                            Simd::mor(Simd::gt(v, best), Simd::mand(Simd::eq(v, best), Simd::lt(k2, bk)));
-                        best = Simd::blend(take, v, best);
-                        bk = Simd::blend(take, k2, bk);
-                        bx = Simd::blend(take, Simd::set1(float(kx)), bx);
-                        if (keep) bl = Simd::blend(take, Simd::gather(lb + kx, S), bl);
+                float* yp = y + p * OHW;
+                int32_t* ap = argmax + p * OHW;
+                float* lp = keep ? vlast + p * OHW : nullptr;
+                const int Wn = (OW - 1) * S + K;
+                for (int oy = 0; oy < s.OH; oy++) {
+                    const int r0 = oy * S;
+                    // vertical: as pool_plane (row by row), on the segment's values
+                    for (int ky = 0; ky < K; ky++) {
+                        const float* row = xp + int64_t(r0 + ky) * W;
+                        const R fky = Simd::set1(float(ky));
+                        for (int i = 0; i < Wn; i += V) {
+                            const int k = mini(V, Wn - i);
+                            const R xv = ldk(row + i, k);
+                            R m = ky ? Simd::load(vm.p + i) : Simd::set1(-__builtin_inff());
+                            R kk = ky ? Simd::load(vk.p + i) : Simd::zero();
+                            if (keep) {
+                                const R u = seg_apply(ch, xv, cc, 0, jl);
+                                const R v = seg_apply(ch, u, cc, jl, ch.n());
+                                const auto g = Simd::gt(v, m);
+                                const R lv = ky ? Simd::load(vv.p + i) : Simd::zero();
+                                Simd::store(vv.p + i, Simd::blend(g, u, lv));
+                                m = Simd::blend(g, v, m);
+                                kk = Simd::blend(g, fky, kk);
+                            } else {
+                                const R v = seg_apply(ch, xv, cc, 0, ch.n());
+                                const auto g = Simd::gt(v, m);
+                                m = Simd::blend(g, v, m);
+                                kk = Simd::blend(g, fky, kk);
+                            }
+                            Simd::store(vm.p + i, m);  // scratch padded to whole vectors
+                            Simd::store(vk.p + i, kk);
+                        }
                     }
-                    Simd::storep(yp + oy * OW + ox0, best, nv);
-                    if (keep) Simd::storep(lp + oy * OW + ox0, bl, nv);
-                    Simd::store(tk.p, bk);
-                    Simd::store(tx.p, bx);
-                    int32_t* aq = ap + oy * OW + ox0;
-                    for (int j = 0; j < nv; j++) aq[j] = (r0 + int(tk[j])) * W + (ox0 + j) * S + int(tx[j]);
+                    // horizontal: as pool_plane
+                    for (int ox0 = 0; ox0 < OW; ox0 += V) {
+                        const int nv = mini(V, OW - ox0);
+                        const float* mb = vm.p + int64_t(ox0) * S;
+                        const float* kb = vk.p + int64_t(ox0) * S;
+                        const float* lb = vv.p + int64_t(ox0) * S;
+                        R best = Simd::gather(mb, S), bk = Simd::gather(kb, S), bx = Simd::zero();
+                        R bl = keep ? Simd::gather(lb, S) : Simd::zero();
+                        for (int kx = 1; kx < K; kx++) {
+                            const R v = Simd::gather(mb + kx, S), k2 = Simd::gather(kb + kx, S);
+                            const auto take =
+                                Simd::mor(Simd::gt(v, best), Simd::mand(Simd::eq(v, best), Simd::lt(k2, bk)));
+                            best = Simd::blend(take, v, best);
+                            bk = Simd::blend(take, k2, bk);
+                            bx = Simd::blend(take, Simd::set1(float(kx)), bx);
+                            if (keep) bl = Simd::blend(take, Simd::gather(lb + kx, S), bl);
+                        }
+                        Simd::storep(yp + oy * OW + ox0, best, nv);
+                        if (keep) Simd::storep(lp + oy * OW + ox0, bl, nv);
+                        Simd::store(tk.p, bk);
+                        Simd::store(tx.p, bx);
+                        int32_t* aq = ap + oy * OW + ox0;
+                        for (int j = 0; j < nv; j++)
+                            aq[j] = (r0 + int(tk[j])) * W + (ox0 + j) * S + int(tx[j]);
+                    }
                 }
             }
         }
-    }
     });
 }
 
@@ -271,57 +276,58 @@ void seg_bwd_sums(double* sdy, double* sdx, const float* x, const float* dy, con
         const bool sparse = pool && vlast && j == seg_last_bn(ch);
         const int upto = seg_fwd_needed(ch);
 #pragma omp parallel if (par_work(P * HW * (nops + 1)))
-    {
-        const int64_t bl = pool ? int64_t(s.S) * s.W : 1;
-        Buf<float> band(bl + V), zeros(bl + V, true);
-        SegGrad gr{dy, argmax, OHW, band.p, zeros.p, pool, s.S, s.W, s.OH, s.OW};
-        SegConst cc[kMaxSegOps] = {};
-        R vs[kMaxSegOps + 1];
-        int64_t b, e;
-        split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-        for (int64_t p = b; p < e; p++) {
-            seg_consts(cc, ops, ch.n(), int(p % s.C), true);
-            double ts = 0.0, td = 0.0;
-            if (sparse) {
-                // ops after j are ReLUs: g_{j+1} = g where op j's output is > 0 (if any ReLU follows)
-                const bool mask = j + 1 < nops;
-                const float* g = dy + p * OHW;
-                const float* lv = vlast + p * OHW;
-                for (int64_t i0 = 0; i0 < OHW; i0 += RCHUNK) {
-                    const int64_t i1 = min64(OHW, i0 + RCHUNK);
-                    R a0 = Simd::zero(), c0 = Simd::zero();
-                    for (int64_t i = i0; i < i1; i += V) {
-                        const int k = int(min64(V, i1 - i));
-                        const R u = ldk(lv + i, k);
-                        R gv = ldk(g + i, k);
-                        if (mask) gv = Simd::sel_gt0(seg_apply(ch, u, cc, j, j + 1), gv);
-                        a0 = Simd::add(a0, gv);
-                        c0 = Simd::fma(gv, Simd::sub(u, cc[j].m), c0);
+        {
+            const int64_t bl = pool ? int64_t(s.S) * s.W : 1;
+            Buf<float> band(bl + V), zeros(bl + V, true);
+            SegGrad gr{dy, argmax, OHW, band.p, zeros.p, pool, s.S, s.W, s.OH, s.OW};
+            SegConst cc[kMaxSegOps] = {};
+            R vs[kMaxSegOps + 1];
+            int64_t b, e;
+            split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+            for (int64_t p = b; p < e; p++) {
+                seg_consts(cc, ops, ch.n(), int(p % s.C), true);
+                double ts = 0.0, td = 0.0;
+                if (sparse) {
+                    // ops after j are ReLUs: g_{j+1} = g where op j's output is > 0 (if any ReLU follows)
+                    const bool mask = j + 1 < nops;
+                    const float* g = dy + p * OHW;
+                    const float* lv = vlast + p * OHW;
+                    for (int64_t i0 = 0; i0 < OHW; i0 += RCHUNK) {
+                        const int64_t i1 = min64(OHW, i0 + RCHUNK);
+                        R a0 = Simd::zero(), c0 = Simd::zero();
+                        for (int64_t i = i0; i < i1; i += V) {
+                            const int k = int(min64(V, i1 - i));
+                            const R u = ldk(lv + i, k);
+                            R gv = ldk(g + i, k);
+                            if (mask) gv = Simd::sel_gt0(seg_apply(ch, u, cc, j, j + 1), gv);
+                            a0 = Simd::add(a0, gv);
+                            c0 = Simd::fma(gv, Simd::sub(u, cc[j].m), c0);
+                        }
+                        ts += double(Simd::hsum(a0));
+                        td += double(Simd::hsum(c0));
                     }
-                    ts += double(Simd::hsum(a0));
-                    td += double(Simd::hsum(c0));
+                } else {
+                    const float* xp = x + p * HW;
+                    seg_blocks(p, HW, gr, [&](int64_t i0, int len, const float* gb) {
+                        R a0 = Simd::zero(), c0 = Simd::zero();
+                        for (int i = 0; i < len; i += V) {
+                            const int k = mini(V, len - i);
+                            vs[0] = ldk(xp + i0 + i, k);
+                            for (int t = 0; t < upto; t++) vs[t + 1] = seg_apply(ch, vs[t], cc, t, t + 1);
+                            R g = seg_back(ch, ldk(gb + i, k), vs, cc, ch.n(), j + 1);
+                            if (k < V)
+                                g = Simd::loadp(reinterpret_cast<const float*>(&g), k);  // zero the tail
+                            a0 = Simd::add(a0, g);
+                            c0 = Simd::fma(g, Simd::sub(vs[j], cc[j].m), c0);
+                        }
+                        ts += double(Simd::hsum(a0));
+                        td += double(Simd::hsum(c0));
+                    });
                 }
-            } else {
-                const float* xp = x + p * HW;
-                seg_blocks(p, HW, gr, [&](int64_t i0, int len, const float* gb) {
-                    R a0 = Simd::zero(), c0 = Simd::zero();
-                    for (int i = 0; i < len; i += V) {
-                        const int k = mini(V, len - i);
-                        vs[0] = ldk(xp + i0 + i, k);
-                        for (int t = 0; t < upto; t++) vs[t + 1] = seg_apply(ch, vs[t], cc, t, t + 1);
-                        R g = seg_back(ch, ldk(gb + i, k), vs, cc, ch.n(), j + 1);
-                        if (k < V) g = Simd::loadp(reinterpret_cast<const float*>(&g), k);  // zero the tail
-                        a0 = Simd::add(a0, g);
-                        c0 = Simd::fma(g, Simd::sub(vs[j], cc[j].m), c0);
-                    }
-                    ts += double(Simd::hsum(a0));
-                    td += double(Simd::hsum(c0));
-                });
+                ps[p] = ts;
+                pd[p] = td;
             }
-            ps[p] = ts;
-            pd[p] = td;
         }
-    }
     });
     for (int c = 0; c < s.C; c++) {
         double t0 = 0.0, t1 = 0.0;
@@ -344,27 +350,27 @@ void seg_backward(float* dx, const float* x, const float* dy, const int32_t* arg
         if (ch.n() == 0) return;
         const int upto = seg_fwd_needed(ch);
 #pragma omp parallel if (par_work(P * HW * (nops + 1)))
-    {
-        const int64_t bl = pool ? int64_t(s.S) * s.W : 1;
-        Buf<float> band(bl + V), zeros(bl + V, true);
-        SegGrad gr{dy, argmax, OHW, band.p, zeros.p, pool, s.S, s.W, s.OH, s.OW};
-        SegConst cc[kMaxSegOps] = {};
-        R vs[kMaxSegOps + 1];
-        int64_t b, e;
-        split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-        for (int64_t p = b; p < e; p++) {
-            seg_consts(cc, ops, ch.n(), int(p % s.C), true);
-            const float* xp = x + p * HW;
-            float* dxp = dx + p * HW;
-            seg_blocks(p, HW, gr, [&](int64_t i0, int len, const float* gb) {
-                map_vec(dxp + i0, len, nt, [&](int64_t i, int k) {
-                    vs[0] = ldk(xp + i0 + i, k);
-                    for (int t = 0; t < upto; t++) vs[t + 1] = seg_apply(ch, vs[t], cc, t, t + 1);
-                    return seg_back(ch, ldk(gb + i, k), vs, cc, ch.n(), 0);
+        {
+            const int64_t bl = pool ? int64_t(s.S) * s.W : 1;
+            Buf<float> band(bl + V), zeros(bl + V, true);
+            SegGrad gr{dy, argmax, OHW, band.p, zeros.p, pool, s.S, s.W, s.OH, s.OW};
+            SegConst cc[kMaxSegOps] = {};
+            R vs[kMaxSegOps + 1];
+            int64_t b, e;
+            split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+            for (int64_t p = b; p < e; p++) {
+                seg_consts(cc, ops, ch.n(), int(p % s.C), true);
+                const float* xp = x + p * HW;
+                float* dxp = dx + p * HW;
+                seg_blocks(p, HW, gr, [&](int64_t i0, int len, const float* gb) {
+                    map_vec(dxp + i0, len, nt, [&](int64_t i, int k) {
+                        vs[0] = ldk(xp + i0 + i, k);
+                        for (int t = 0; t < upto; t++) vs[t + 1] = seg_apply(ch, vs[t], cc, t, t + 1);
+                        return seg_back(ch, ldk(gb + i, k), vs, cc, ch.n(), 0);
+                    });
                 });
-            });
+            }
         }
-    }
     });
 }
 

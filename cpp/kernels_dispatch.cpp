@@ -24,8 +24,7 @@ int best_supported() {  // 0 generic, 1 avx2, 2 avx512
 #if defined(NDLM_X86) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
@@ -77,21 +76,19 @@ void batchnorm_forward_train(float* y, float* mean, float* rstd, const float* x,
     T().batchnorm_forward_train(y, mean, rstd, x, gamma, beta, N, C, HW, eps);
 }
 void batchnorm_forward_infer(float* y, const float* x, const float* gamma, const float* beta,
-                             const float* running_mean, const float* running_var, int N, int C,
-                             int HW, float eps) {
+                             const float* running_mean, const float* running_var, int N, int C, int HW,
+                             float eps) {
     T().batchnorm_forward_infer(y, x, gamma, beta, running_mean, running_var, N, C, HW, eps);
 }
 void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
-                        const float* mean, const float* rstd, const float* gamma, int N, int C,
-                        int HW) {
+                        const float* mean, const float* rstd, const float* gamma, int N, int C, int HW) {
     T().batchnorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, N, C, HW);
 }
-void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta,
-                 float k) {
+void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta, float k) {
     T().lrn_forward(y, x, N, C, HW, size, alpha, beta, k);
 }
-void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int HW, int size,
-                  float alpha, float beta, float k) {
+void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int HW, int size, float alpha,
+                  float beta, float k) {
     T().lrn_backward(dx, dy, x, N, C, HW, size, alpha, beta, k);
 }
 void conv_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
@@ -102,22 +99,20 @@ void conv_backward(float* dx, float* dw, float* db, const float* dy, const float
     T().conv_backward(dx, dw, db, dy, x, w, s);
 }
 void relu_forward(float* y, const float* x, int64_t n) { T().relu_forward(y, x, n); }
-void relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
-    T().relu_backward(dx, dy, y, n);
-}
-void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K,
-                     int S, int OH, int OW) {
+void relu_backward(float* dx, const float* dy, const float* y, int64_t n) { T().relu_backward(dx, dy, y, n); }
+void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K, int S,
+                     int OH, int OW) {
     T().maxpool_forward(y, argmax, x, N, C, H, W, K, S, OH, OW);
 }
-void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, int C, int H, int W,
-                      int OH, int OW) {
+void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, int C, int H, int W, int OH,
+                      int OW) {
     T().maxpool_backward(dx, dy, argmax, N, C, H, W, OH, OW);
 }
 void fc_forward(float* y, const float* x, const float* w, const float* b, int N, int F, int O) {
     T().fc_forward(y, x, w, b, N, F, O);
 }
-void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
-                 int N, int F, int O) {
+void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int N,
+                 int F, int O) {
     T().fc_backward(dx, dw, db, dy, x, w, N, F, O);
 }
 
@@ -125,7 +120,8 @@ void seg_bn_stats(float* mean, float* rstd, const float* x, const SegShape& s, c
                   float eps) {
     T().seg_bn_stats(mean, rstd, x, s, ops, nops, eps);
 }
-void seg_forward(float* y, int32_t* argmax, float* vlast, const float* x, const SegShape& s, const SegOp* ops, int nops) {
+void seg_forward(float* y, int32_t* argmax, float* vlast, const float* x, const SegShape& s, const SegOp* ops,
+                 int nops) {
     T().seg_forward(y, argmax, vlast, x, s, ops, nops);
 }
 void seg_bwd_sums(double* sdy, double* sdx, const float* x, const float* dy, const int32_t* argmax,

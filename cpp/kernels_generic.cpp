@@ -1,5 +1,5 @@
-// Tuned kernels compiled for the "generic" level (no -m flags: SSE2 on x86-64, scalar elsewhere; see CMakeLists.txt).
-// The bodies are in kernels_impl.h; kernels_dispatch.cpp picks a level at run time.
+// Tuned kernels compiled for the "generic" level (no -m flags: SSE2 on x86-64, scalar elsewhere; see
+// CMakeLists.txt). The bodies are in kernels_impl.h; kernels_dispatch.cpp picks a level at run time.
 #define NDLM_ISA_NS isa_generic
 #include "kernels_impl.h"
 

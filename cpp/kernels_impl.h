@@ -187,8 +187,8 @@ inline void map_vec(float* y, int64_t n, bool nt, F f) {
 
 // Chan et al.: combine per-plane means pm and centred sums of squares pq of (N, C) planes of HW
 // values into per-channel mean and 1 / sqrt(var + eps), planes of a channel in batch order
-inline void bn_combine(float* mean, float* rstd, const double* pm, const double* pq, int N, int C,
-                       int64_t HW, float eps) {
+inline void bn_combine(float* mean, float* rstd, const double* pm, const double* pq, int N, int C, int64_t HW,
+                       float eps) {
     for (int c = 0; c < C; c++) {
         double cnt = 0.0, mu = 0.0, m2 = 0.0;
         for (int n = 0; n < N; n++) {
@@ -236,16 +236,15 @@ void batchnorm_forward_train(float* y, float* mean, float* rstd, const float* x,
             const int c = int(p % C);
             const R mc = Simd::set1(mean[c]), sc = Simd::set1(gamma[c] * rstd[c]), bc = Simd::set1(beta[c]);
             const float* xp = x + p * HW;
-            map_vec(y + p * HW, HW, nt, [&](int64_t i, int k) {
-                return Simd::fma(Simd::sub(ldk(xp + i, k), mc), sc, bc);
-            });
+            map_vec(y + p * HW, HW, nt,
+                    [&](int64_t i, int k) { return Simd::fma(Simd::sub(ldk(xp + i, k), mc), sc, bc); });
         }
     }
 }
 
 void batchnorm_forward_infer(float* y, const float* x, const float* gamma, const float* beta,
-                             const float* running_mean, const float* running_var, int N, int C,
-                             int HW, float eps) {
+                             const float* running_mean, const float* running_var, int N, int C, int HW,
+                             float eps) {
     const int64_t P = int64_t(N) * C;
     const bool nt = P * HW * int64_t(sizeof(float)) > NT_BYTES;
 #pragma omp parallel if (par_work(P * HW))
@@ -257,24 +256,21 @@ void batchnorm_forward_infer(float* y, const float* x, const float* gamma, const
             const R sc = Simd::set1(gamma[c] / std::sqrt(running_var[c] + eps));
             const R mc = Simd::set1(running_mean[c]), bc = Simd::set1(beta[c]);
             const float* xp = x + p * HW;
-            map_vec(y + p * HW, HW, nt, [&](int64_t i, int k) {
-                return Simd::fma(Simd::sub(ldk(xp + i, k), mc), sc, bc);
-            });
+            map_vec(y + p * HW, HW, nt,
+                    [&](int64_t i, int k) { return Simd::fma(Simd::sub(ldk(xp + i, k), mc), sc, bc); });
         }
     }
 }
 
 void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
-                        const float* mean, const float* rstd, const float* gamma, int N, int C,
-                        int HW) {
+                        const float* mean, const float* rstd, const float* gamma, int N, int C, int HW) {
     const int64_t P = int64_t(N) * C;
     Buf<double> ps(P), pd(P);
 #pragma omp parallel if (par_work(P * HW))
     {
         int64_t b, e;
         split_range(P, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
-        for (int64_t p = b; p < e; p++)
-            dydev_f(dy + p * HW, x + p * HW, HW, mean[p % C], &ps[p], &pd[p]);
+        for (int64_t p = b; p < e; p++) dydev_f(dy + p * HW, x + p * HW, HW, mean[p % C], &ps[p], &pd[p]);
     }
     Buf<float> ka(C), kb(C), kx(C);
     const double M = double(N) * HW;
@@ -365,8 +361,7 @@ inline bool lrn_same_window(int c, int C, int h) {
     return c > 0 && maxi(0, c - h) == maxi(0, c - 1 - h) && mini(C - 1, c + h) == mini(C - 1, c - 1 + h);
 }
 
-void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta,
-                 float k) {
+void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta, float k) {
     const int h = size / 2;
     const float a = alpha / size;
     const int64_t nch = cdiv(HW, LRN_CHUNK), items = int64_t(N) * nch;
@@ -393,16 +388,15 @@ void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float
                 }
                 const float* xc = xn + int64_t(c) * HW;
                 const float* pp = pw.p;
-                map_vec(yn + int64_t(c) * HW, len, nt, [&](int64_t i, int kk) {
-                    return Simd::mul(ldk(xc + i, kk), ldk(pp + i, kk));
-                });
+                map_vec(yn + int64_t(c) * HW, len, nt,
+                        [&](int64_t i, int kk) { return Simd::mul(ldk(xc + i, kk), ldk(pp + i, kk)); });
             }
         }
     }
 }
 
-void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int HW, int size,
-                  float alpha, float beta, float k) {
+void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int HW, int size, float alpha,
+                  float beta, float k) {
     // dx_c = dy_c s_c^-b - (2 a b / size) x_c sum_{j in window(c)} dy_j x_j s_j^(-b-1)
     const int h = size / 2;
     const float a = alpha / size;
@@ -487,8 +481,8 @@ void relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
 // One plane: x (rows of W) -> y, argmax (OH x OW). m, kk: scratch of pool_scratch_len floats,
 // zero-initialised once; tk, tx: V floats.
 inline int64_t pool_scratch_len(int K, int S, int OW) { return (int64_t(OW) + V) * S + K; }
-inline void pool_plane(float* yp, int32_t* ap, const float* xp, int W, int K, int S, int OH, int OW,
-                       float* m, float* kk, float* tk, float* tx) {
+inline void pool_plane(float* yp, int32_t* ap, const float* xp, int W, int K, int S, int OH, int OW, float* m,
+                       float* kk, float* tk, float* tx) {
     const int Wn = (OW - 1) * S + K;  // columns touched
     const float NEG = -__builtin_inff();
     for (int oy = 0; oy < OH; oy++) {
@@ -533,8 +527,8 @@ inline void pool_plane(float* yp, int32_t* ap, const float* xp, int W, int K, in
     }
 }
 
-void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K,
-                     int S, int OH, int OW) {
+void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K, int S,
+                     int OH, int OW) {
     const int64_t P = int64_t(N) * C;
     if (OH <= 0 || OW <= 0) return;
 #pragma omp parallel if (par_work(P * H * W))
@@ -551,8 +545,8 @@ void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, in
     }
 }
 
-void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, int C, int H, int W,
-                      int OH, int OW) {
+void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, int C, int H, int W, int OH,
+                      int OW) {
     const int64_t P = int64_t(N) * C, HW = int64_t(H) * W, OHW = int64_t(OH) * OW;
     const bool nt = P * HW * int64_t(sizeof(float)) > NT_BYTES;
     // Band of rows owned by output row oy when windows do not overlap vertically: argmax rows of
@@ -663,10 +657,18 @@ void fc_forward(float* y, const float* x, const float* w, const float* b, int N,
                 const int ob = mini(4, O - o0);
                 const float* wo = w + int64_t(o0) * F;
                 switch (ob) {
-                    case 4: fc_dots<4>(d, xn, wo, F); break;
-                    case 3: fc_dots<3>(d, xn, wo, F); break;
-                    case 2: fc_dots<2>(d, xn, wo, F); break;
-                    default: fc_dots<1>(d, xn, wo, F); break;
+                    case 4:
+                        fc_dots<4>(d, xn, wo, F);
+                        break;
+                    case 3:
+                        fc_dots<3>(d, xn, wo, F);
+                        break;
+                    case 2:
+                        fc_dots<2>(d, xn, wo, F);
+                        break;
+                    default:
+                        fc_dots<1>(d, xn, wo, F);
+                        break;
                 }
                 for (int o = 0; o < ob; o++) y[n * O + o0 + o] = float(double(b[o0 + o]) + d[o]);
             }
@@ -676,8 +678,8 @@ void fc_forward(float* y, const float* x, const float* w, const float* b, int N,
 
 constexpr int FC_FB = 512;  // columns of dw per block
 
-void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
-                 int N, int F, int O) {
+void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int N,
+                 int F, int O) {
     for (int o = 0; o < O; o++) {
         double s = 0.0;
         for (int n = 0; n < N; n++) s += dy[int64_t(n) * O + o];
@@ -740,8 +742,9 @@ void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* 
 // broadcasts of w feed COB*NV FMAs. dx (stride 1) is the same engine on dy with flipped weights
 // and padding K-1-pad. Small blocks (COB <= 3 with 32 registers: dx of a conv with 3 input
 // channels) use a two-row tile instead (fwd_micro2: each loaded row vector feeds both output
-// rows), walked column tile by column tile so the tile's input rows stay in L1. dw keeps a COB x TK tile (COB output channels, TK taps of one kernel row)
-// of vector dot products over a band of rows and flushes it to per-thread double partials.
+// rows), walked column tile by column tile so the tile's input rows stay in L1. dw keeps a COB x TK tile (COB
+// output channels, TK taps of one kernel row) of vector dot products over a band of rows and flushes it to
+// per-thread double partials.
 // =============================================================================================
 struct ConvGeo {
     int N, Cin, H, W, Cout, KH, KW, s, py, px, OH, OW;
@@ -749,10 +752,20 @@ struct ConvGeo {
     int64_t buf_floats;
 };
 
-inline void make_geo(ConvGeo& g, int N, int Cin, int H, int W, int Cout, int KH, int KW, int s,
-                     int py, int px, int OH, int OW, int max_band, int64_t budget_floats, int nth) {
-    g.N = N; g.Cin = Cin; g.H = H; g.W = W; g.Cout = Cout; g.KH = KH; g.KW = KW; g.s = s;
-    g.py = py; g.px = px; g.OH = OH; g.OW = OW;
+inline void make_geo(ConvGeo& g, int N, int Cin, int H, int W, int Cout, int KH, int KW, int s, int py,
+                     int px, int OH, int OW, int max_band, int64_t budget_floats, int nth) {
+    g.N = N;
+    g.Cin = Cin;
+    g.H = H;
+    g.W = W;
+    g.Cout = Cout;
+    g.KH = KH;
+    g.KW = KW;
+    g.s = s;
+    g.py = py;
+    g.px = px;
+    g.OH = OH;
+    g.OW = OW;
     const int64_t OWp = round_up(OW, V);
     g.WB = int(round_up(OWp + (KW - 1) / s + 1, V));
     const int64_t per_row = int64_t(Cin) * s * g.WB;
@@ -864,14 +877,14 @@ inline int nv_for(int cob) {
 
 // ---- forward micro-kernel --------------------------------------------------------------------
 struct FwdArgs {
-    const float* buf;   // band buffer, already offset by ox0
-    const float* wp;    // packed weights of the block
-    const float* bias;  // bias of the block or null
-    const int* koff;    // per kx: (kx % s) * WB + kx / s
-    int64_t ci_stride;  // BR * s * WB
-    int64_t row_stride; // s * WB
+    const float* buf;    // band buffer, already offset by ox0
+    const float* wp;     // packed weights of the block
+    const float* bias;   // bias of the block or null
+    const int* koff;     // per kx: (kx % s) * WB + kx / s
+    int64_t ci_stride;   // BR * s * WB
+    int64_t row_stride;  // s * WB
     int Cin, KH, KW;
-    int s, OW;          // stride; output row length (two-row kernels)
+    int s, OW;  // stride; output row length (two-row kernels)
 };
 
 using FwdFn = void (*)(float* out, int64_t ostride, const FwdArgs& a, int rbase, int nlast);
@@ -947,8 +960,8 @@ void fwd_scalar_block(float* out, int64_t ostride, const FwdArgs& a, int rbase, 
 constexpr bool tile2_fits(int cob, int nv) { return 2 * cob * nv + nv + 2 <= Simd::NREG; }
 
 template <int COB, int NV, int MODE>  // MODE 1: row 0 only, 2: row 1 only, 3: both
-inline void fwd2_row(R (&acc0)[COB][NV], R (&acc1)[COB][NV], const float* rp, const float* w0, const float* w1,
-                     const int* koff, int KW) {
+inline void fwd2_row(R (&acc0)[COB][NV], R (&acc1)[COB][NV], const float* rp, const float* w0,
+                     const float* w1, const int* koff, int KW) {
     for (int kx = 0; kx < KW; kx++, w0 += COB, w1 += COB) {
         const float* xp = rp + koff[kx];
         R xv[NV];
@@ -1092,8 +1105,11 @@ void conv_engine(float* out, const float* in, const ConvBlocks& B, const float* 
         a.koff = koff.p;
         a.ci_stride = int64_t(g.BR) * g.s * g.WB;
         a.row_stride = int64_t(g.s) * g.WB;
-        a.Cin = g.Cin; a.KH = g.KH; a.KW = g.KW;
-        a.s = g.s; a.OW = g.OW;
+        a.Cin = g.Cin;
+        a.KH = g.KH;
+        a.KW = g.KW;
+        a.s = g.s;
+        a.OW = g.OW;
         for (int64_t it = ib; it < ie; it++) {
             const int64_t n = it / g.nbands;
             const int oy0 = int(it % g.nbands) * g.band, nr = mini(g.band, g.OH - oy0);
@@ -1151,8 +1167,8 @@ void conv_engine(float* out, const float* in, const ConvBlocks& B, const float* 
 void conv_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
     if (s.N <= 0 || s.Cout <= 0 || s.OH <= 0 || s.OW <= 0) return;
     ConvGeo g;
-    make_geo(g, s.N, s.Cin, s.H, s.W, s.Cout, s.KH, s.KW, s.stride, s.pad, s.pad, s.OH, s.OW, 16,
-             48 * 1024, omp_get_max_threads());
+    make_geo(g, s.N, s.Cin, s.H, s.W, s.Cout, s.KH, s.KW, s.stride, s.pad, s.pad, s.OH, s.OW, 16, 48 * 1024,
+             omp_get_max_threads());
     ConvBlocks B;
     make_blocks(B, s.Cout, NDLM_CONV_CMAX_FWD);
     Buf<float> wp(int64_t(s.Cout) * s.Cin * s.KH * s.KW);
@@ -1236,8 +1252,8 @@ void conv_dw(float* dw, float* db, const float* dy, const float* x, const ConvSh
     Buf<double> part(stride_part * maxth, true);
     if (s.N > 0 && s.OH > 0 && s.OW > 0) {
         ConvGeo g;
-        make_geo(g, s.N, s.Cin, s.H, s.W, s.Cout, s.KH, s.KW, s.stride, s.pad, s.pad, s.OH, s.OW,
-                 DW_BAND, 48 * 1024, maxth);
+        make_geo(g, s.N, s.Cin, s.H, s.W, s.Cout, s.KH, s.KW, s.stride, s.pad, s.pad, s.OH, s.OW, DW_BAND,
+                 48 * 1024, maxth);
         ConvBlocks B;
         make_blocks(B, s.Cout, mini(NDLM_CONV_CMAX_DW, CMAX));
         Buf<int> koff(s.KW + NVMAX);
@@ -1355,14 +1371,13 @@ void conv_backward(float* dx, float* dw, float* db, const float* dy, const float
                 // larger band than the forward: 10-channel dy rows, fewer re-copied halo rows;
                 // the two-row tiles walk it by column tiles, so only a tile's rows need L1
                 ConvGeo g;
-                make_geo(g, s.N, s.Cout, s.OH, s.OW, s.Cin, s.KH, s.KW, 1, s.KH - 1 - s.pad,
-                         s.KW - 1 - s.pad, s.H, s.W, 16, 96 * 1024, omp_get_max_threads());
+                make_geo(g, s.N, s.Cout, s.OH, s.OW, s.Cin, s.KH, s.KW, 1, s.KH - 1 - s.pad, s.KW - 1 - s.pad,
+                         s.H, s.W, 16, 96 * 1024, omp_get_max_threads());
                 ConvBlocks B;
                 make_blocks(B, s.Cin, NDLM_CONV_CMAX_FWD);
                 Buf<float> wp(int64_t(s.Cout) * s.Cin * s.KH * s.KW);
                 pack_weights(wp.p, B, s.Cout, s.KH, s.KW, [&](int ci, int co, int ky, int kx) {
-                    return w[((int64_t(co) * s.Cin + ci) * s.KH + (s.KH - 1 - ky)) * s.KW +
-                             (s.KW - 1 - kx)];
+                    return w[((int64_t(co) * s.Cin + ci) * s.KH + (s.KH - 1 - ky)) * s.KW + (s.KW - 1 - kx)];
                 });
                 conv_engine(dx, dy, B, wp.p, nullptr, g);
             }

@@ -26,8 +26,8 @@ struct KernelTable {
     // fused pointwise segments (fused.h); their reference is the per-layer path
     void (*seg_bn_stats)(float* mean, float* rstd, const float* x, const SegShape& s, const SegOp* ops,
                          int nops, float eps);
-    void (*seg_forward)(float* y, int32_t* argmax, float* vlast, const float* x, const SegShape& s, const SegOp* ops,
-                        int nops);
+    void (*seg_forward)(float* y, int32_t* argmax, float* vlast, const float* x, const SegShape& s,
+                        const SegOp* ops, int nops);
     void (*seg_bwd_sums)(double* sdy, double* sdx, const float* x, const float* dy, const int32_t* argmax,
                          const float* vlast, const SegShape& s, const SegOp* ops, int nops, int j);
     void (*seg_backward)(float* dx, const float* x, const float* dy, const int32_t* argmax, const SegShape& s,

@@ -16,10 +16,10 @@
 namespace ndlm {
 
 struct ConvShape {
-    int N, Cin, H, W;      // input
-    int Cout, KH, KW;      // filters
-    int stride, pad;       // same in both directions; zero padding
-    int OH, OW;            // output: (H + 2 pad - KH) / stride + 1
+    int N, Cin, H, W;  // input
+    int Cout, KH, KW;  // filters
+    int stride, pad;   // same in both directions; zero padding
+    int OH, OW;        // output: (H + 2 pad - KH) / stride + 1
 };
 
 namespace ref {
@@ -29,19 +29,17 @@ namespace ref {
 void batchnorm_forward_train(float* y, float* mean, float* rstd, const float* x, const float* gamma,
                              const float* beta, int N, int C, int HW, float eps);
 void batchnorm_forward_infer(float* y, const float* x, const float* gamma, const float* beta,
-                             const float* running_mean, const float* running_var, int N, int C,
-                             int HW, float eps);
+                             const float* running_mean, const float* running_var, int N, int C, int HW,
+                             float eps);
 // dx: (N, C, HW) overwritten (may be null); dgamma, dbeta accumulated
 void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
-                        const float* mean, const float* rstd, const float* gamma, int N, int C,
-                        int HW);
+                        const float* mean, const float* rstd, const float* gamma, int N, int C, int HW);
 
 // ---- cross-channel (local response) normalization, odd window centred on the channel -------
 // y_c = x_c / (k + alpha/size * sum_{|j-c| <= size/2} x_j^2)^beta   (PyTorch / ONNX LRN)
-void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta,
-                 float k);
-void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int HW, int size,
-                  float alpha, float beta, float k);
+void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta, float k);
+void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int HW, int size, float alpha,
+                  float beta, float k);
 
 // ---- convolution (cross-correlation), zero padding -----------------------------------------
 // x: (N, Cin, H, W); w: (Cout, Cin, KH, KW); b: (Cout); y: (N, Cout, OH, OW)
@@ -57,18 +55,18 @@ void relu_backward(float* dx, const float* dy, const float* y, int64_t n);
 
 // ---- max pooling, window K, stride S, no padding, floor ------------------------------------
 // x: (N, C, H, W); y, argmax: (N, C, OH, OW); argmax = index of the max inside the input plane
-void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K,
-                     int S, int OH, int OW);
+void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K, int S,
+                     int OH, int OW);
 // dx: (N, C, H, W) overwritten (windows may overlap when S < K)
-void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, int C, int H, int W,
-                      int OH, int OW);
+void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, int C, int H, int W, int OH,
+                      int OW);
 
 // ---- fully connected -----------------------------------------------------------------------
 // x: (N, F); w: (O, F); b: (O); y: (N, O)
 void fc_forward(float* y, const float* x, const float* w, const float* b, int N, int F, int O);
 // dx overwritten (skipped when null); dw, db accumulated
-void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
-                 int N, int F, int O);
+void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int N,
+                 int F, int O);
 
 // ---- softmax + cross-entropy (mean over the batch) -----------------------------------------
 // logits, probs, dlogits: (N, K); labels in [0, K). Returns the mean loss; dlogits = (p - 1_y)/N

@@ -36,8 +36,8 @@ void batchnorm_forward_train(float* y, float* mean, float* rstd, const float* x,
 }
 
 void batchnorm_forward_infer(float* y, const float* x, const float* gamma, const float* beta,
-                             const float* running_mean, const float* running_var, int N, int C,
-                             int HW, float eps) {
+                             const float* running_mean, const float* running_var, int N, int C, int HW,
+                             float eps) {
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++) {
             const float scale = gamma[c] / std::sqrt(running_var[c] + eps);
@@ -48,8 +48,7 @@ void batchnorm_forward_infer(float* y, const float* x, const float* gamma, const
 }
 
 void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
-                        const float* mean, const float* rstd, const float* gamma, int N, int C,
-                        int HW) {
+                        const float* mean, const float* rstd, const float* gamma, int N, int C, int HW) {
     const double M = double(N) * HW;
     for (int c = 0; c < C; c++) {
         double sdy = 0.0, sdyx = 0.0;  // sum dy, sum dy * xhat
@@ -75,8 +74,7 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
 }
 
 // ---------------------------------------------------------------------------------------------
-static inline double lrn_scale(const float* x, int c, int C, int HW, int i, int size, float alpha,
-                               float k) {
+static inline double lrn_scale(const float* x, int c, int C, int HW, int i, int size, float alpha, float k) {
     const int h = size / 2;
     double s = 0.0;
     for (int j = std::max(0, c - h); j <= std::min(C - 1, c + h); j++)
@@ -84,20 +82,19 @@ static inline double lrn_scale(const float* x, int c, int C, int HW, int i, int 
     return k + alpha / size * s;
 }
 
-void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta,
-                 float k) {
+void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta, float k) {
     for (int n = 0; n < N; n++) {
         const float* xn = x + int64_t(n) * C * HW;
         float* yn = y + int64_t(n) * C * HW;
         for (int c = 0; c < C; c++)
             for (int i = 0; i < HW; i++)
-                yn[int64_t(c) * HW + i] = float(
-                    xn[int64_t(c) * HW + i] * std::pow(lrn_scale(xn, c, C, HW, i, size, alpha, k), -beta));
+                yn[int64_t(c) * HW + i] = float(xn[int64_t(c) * HW + i] *
+                                                std::pow(lrn_scale(xn, c, C, HW, i, size, alpha, k), -beta));
     }
 }
 
-void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int HW, int size,
-                  float alpha, float beta, float k) {
+void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int HW, int size, float alpha,
+                  float beta, float k) {
     // dx_i = dy_i s_i^-b - (2 a b / size) x_i sum_{c in window(i)} dy_c x_c s_c^(-b-1)
     const int h = size / 2;
     for (int n = 0; n < N; n++) {
@@ -179,8 +176,8 @@ void relu_backward(float* dx, const float* dy, const float* y, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K,
-                     int S, int OH, int OW) {
+void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, int H, int W, int K, int S,
+                     int OH, int OW) {
     for (int64_t p = 0; p < int64_t(N) * C; p++) {
         const float* xp = x + p * H * W;
         for (int oy = 0; oy < OH; oy++)
@@ -190,15 +187,18 @@ void maxpool_forward(float* y, int32_t* argmax, const float* x, int N, int C, in
                 for (int ky = 0; ky < K; ky++)
                     for (int kx = 0; kx < K; kx++) {
                         const int32_t i = (oy * S + ky) * W + ox * S + kx;
-                        if (xp[i] > best) { best = xp[i]; bi = i; }
+                        if (xp[i] > best) {
+                            best = xp[i];
+                            bi = i;
+                        }
                     }
                 y[p * OH * OW + oy * OW + ox] = best;
                 argmax[p * OH * OW + oy * OW + ox] = bi;
             }
     }
 }
-void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, int C, int H, int W,
-                      int OH, int OW) {
+void maxpool_backward(float* dx, const float* dy, const int32_t* argmax, int N, int C, int H, int W, int OH,
+                      int OW) {
     std::memset(dx, 0, sizeof(float) * size_t(N) * C * H * W);
     for (int64_t p = 0; p < int64_t(N) * C; p++)
         for (int i = 0; i < OH * OW; i++) dx[p * H * W + argmax[p * OH * OW + i]] += dy[p * OH * OW + i];
@@ -213,8 +213,8 @@ void fc_forward(float* y, const float* x, const float* w, const float* b, int N,
             y[int64_t(n) * O + o] = float(acc);
         }
 }
-void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
-                 int N, int F, int O) {
+void fc_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w, int N,
+                 int F, int O) {
     for (int o = 0; o < O; o++) {
         double sdb = 0.0;
         for (int n = 0; n < N; n++) sdb += dy[int64_t(n) * O + o];

@@ -20,13 +20,20 @@ static constexpr int64_t kParMinWork = int64_t(1) << 16;
 
 static const char* type_name(LayerType t) {
     switch (t) {
-        case LayerType::BatchNorm: return "batchnorm";
-        case LayerType::LRN: return "lrn";
-        case LayerType::Conv: return "conv";
-        case LayerType::ReLU: return "relu";
-        case LayerType::MaxPool: return "maxpool";
-        case LayerType::FC: return "fc";
-        case LayerType::Softmax: return "softmax";
+        case LayerType::BatchNorm:
+            return "batchnorm";
+        case LayerType::LRN:
+            return "lrn";
+        case LayerType::Conv:
+            return "conv";
+        case LayerType::ReLU:
+            return "relu";
+        case LayerType::MaxPool:
+            return "maxpool";
+        case LayerType::FC:
+            return "fc";
+        case LayerType::Softmax:
+            return "softmax";
     }
     return "?";
 }
@@ -45,12 +52,14 @@ static void glorot_uniform(float* w, int64_t n, double fan_in, double fan_out, s
     }
 }
 
-Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n_classes,
-                 uint64_t seed, int n_threads, float input_scale, bool fuse)
+Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n_classes, uint64_t seed,
+                 int n_threads, float input_scale, bool fuse)
     : H_(H), W_(W), C_(C), K_(n_classes), n_threads_(std::max(1, n_threads)), input_scale_(input_scale) {
-    if (H < 1 || W < 1 || C < 1) throw std::invalid_argument("input shape must be positive, got " +
-        std::to_string(H) + "x" + std::to_string(W) + "x" + std::to_string(C));
-    if (n_classes < 2) throw std::invalid_argument("need at least 2 classes, got " + std::to_string(n_classes));
+    if (H < 1 || W < 1 || C < 1)
+        throw std::invalid_argument("input shape must be positive, got " + std::to_string(H) + "x" +
+                                    std::to_string(W) + "x" + std::to_string(C));
+    if (n_classes < 2)
+        throw std::invalid_argument("need at least 2 classes, got " + std::to_string(n_classes));
     if (specs.empty()) throw std::invalid_argument("the layer stack is empty");
     if (!std::isfinite(input_scale)) throw std::invalid_argument("input_scale must be finite");
     int c = C, h = H, w = W;
@@ -59,20 +68,31 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
         Layer L;
         L.spec = specs[i];
         const LayerSpec& s = L.spec;
-        L.inC = c; L.inH = h; L.inW = w;
+        L.inC = c;
+        L.inH = h;
+        L.inW = w;
         switch (s.type) {
             case LayerType::BatchNorm:
                 if (!(s.eps > 0)) throw layer_error(i, s.type, "eps must be > 0");
-                if (!(s.momentum >= 0 && s.momentum <= 1)) throw layer_error(i, s.type, "momentum must be in [0, 1]");
-                L.w_off = P; L.n_w = c; P += c;
-                L.b_off = P; L.n_b = c; P += c;
-                L.run_off = R; R += 2 * c;
+                if (!(s.momentum >= 0 && s.momentum <= 1))
+                    throw layer_error(i, s.type, "momentum must be in [0, 1]");
+                L.w_off = P;
+                L.n_w = c;
+                P += c;
+                L.b_off = P;
+                L.n_b = c;
+                P += c;
+                L.run_off = R;
+                R += 2 * c;
                 break;
             case LayerType::LRN:
                 if (s.size < 1 || s.size % 2 == 0)
-                    throw layer_error(i, s.type, "window size must be a positive odd number, got " + std::to_string(s.size));
+                    throw layer_error(
+                        i, s.type,
+                        "window size must be a positive odd number, got " + std::to_string(s.size));
                 if (!(s.k > 0)) throw layer_error(i, s.type, "K must be > 0");
-                if (!(s.alpha >= 0) || !(s.beta >= 0)) throw layer_error(i, s.type, "alpha and beta must be >= 0");
+                if (!(s.alpha >= 0) || !(s.beta >= 0))
+                    throw layer_error(i, s.type, "alpha and beta must be >= 0");
                 break;
             case LayerType::Conv: {
                 if (s.filters < 1) throw layer_error(i, s.type, "filters must be >= 1");
@@ -80,38 +100,57 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
                 if (s.stride < 1) throw layer_error(i, s.type, "stride must be >= 1");
                 if (s.pad < 0) throw layer_error(i, s.type, "padding must be >= 0");
                 if (h < 1 || w < 1 || h + 2 * s.pad < s.kh || w + 2 * s.pad < s.kw)
-                    throw layer_error(i, s.type, "kernel " + std::to_string(s.kh) + "x" + std::to_string(s.kw) +
-                        " is larger than its input " + std::to_string(h) + "x" + std::to_string(w) +
-                        " (padding " + std::to_string(s.pad) + ")");
+                    throw layer_error(i, s.type,
+                                      "kernel " + std::to_string(s.kh) + "x" + std::to_string(s.kw) +
+                                          " is larger than its input " + std::to_string(h) + "x" +
+                                          std::to_string(w) + " (padding " + std::to_string(s.pad) + ")");
                 L.outC = s.filters;
                 L.outH = (h + 2 * s.pad - s.kh) / s.stride + 1;
                 L.outW = (w + 2 * s.pad - s.kw) / s.stride + 1;
-                L.w_off = P; L.n_w = int64_t(s.filters) * c * s.kh * s.kw; P += L.n_w;
-                L.b_off = P; L.n_b = s.filters; P += s.filters;
-                c = L.outC; h = L.outH; w = L.outW;
+                L.w_off = P;
+                L.n_w = int64_t(s.filters) * c * s.kh * s.kw;
+                P += L.n_w;
+                L.b_off = P;
+                L.n_b = s.filters;
+                P += s.filters;
+                c = L.outC;
+                h = L.outH;
+                w = L.outW;
                 break;
             }
-            case LayerType::ReLU: break;
+            case LayerType::ReLU:
+                break;
             case LayerType::MaxPool:
                 if (s.kh < 1 || s.kw < 1) throw layer_error(i, s.type, "pool size must be >= 1");
                 if (s.kh != s.kw) throw layer_error(i, s.type, "only square pooling windows are supported");
                 if (s.stride < 1) throw layer_error(i, s.type, "stride must be >= 1");
                 if (h < s.kh || w < s.kw)
-                    throw layer_error(i, s.type, "pool window " + std::to_string(s.kh) + "x" + std::to_string(s.kw) +
-                        " is larger than its input " + std::to_string(h) + "x" + std::to_string(w));
+                    throw layer_error(i, s.type,
+                                      "pool window " + std::to_string(s.kh) + "x" + std::to_string(s.kw) +
+                                          " is larger than its input " + std::to_string(h) + "x" +
+                                          std::to_string(w));
                 L.outC = c;
                 L.outH = (h - s.kh) / s.stride + 1;
                 L.outW = (w - s.kw) / s.stride + 1;
-                h = L.outH; w = L.outW;
+                h = L.outH;
+                w = L.outW;
                 break;
             case LayerType::FC: {
                 const int units = s.units > 0 ? s.units : n_classes;
                 L.spec.units = units;
                 const int64_t F = int64_t(c) * h * w;
-                L.outC = units; L.outH = 1; L.outW = 1;
-                L.w_off = P; L.n_w = int64_t(units) * F; P += L.n_w;
-                L.b_off = P; L.n_b = units; P += units;
-                c = units; h = 1; w = 1;
+                L.outC = units;
+                L.outH = 1;
+                L.outW = 1;
+                L.w_off = P;
+                L.n_w = int64_t(units) * F;
+                P += L.n_w;
+                L.b_off = P;
+                L.n_b = units;
+                P += units;
+                c = units;
+                h = 1;
+                w = 1;
                 break;
             }
             case LayerType::Softmax:
@@ -119,14 +158,16 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
                 break;
         }
         if (s.type != LayerType::Conv && s.type != LayerType::MaxPool && s.type != LayerType::FC) {
-            L.outC = c; L.outH = h; L.outW = w;
+            L.outC = c;
+            L.outH = h;
+            L.outW = w;
         }
         layers_.push_back(L);
     }
     if (int64_t(c) * h * w != n_classes)
         throw std::invalid_argument("the stack must end with n_classes = " + std::to_string(n_classes) +
-            " outputs (a fully connected layer), but it ends with " + std::to_string(c) + "x" +
-            std::to_string(h) + "x" + std::to_string(w));
+                                    " outputs (a fully connected layer), but it ends with " +
+                                    std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w));
     if (P == 0) throw std::invalid_argument("the layer stack has no trainable parameters");
     P_ = P;
     const char* env = std::getenv("NDLM_SK_FUSE");
@@ -138,7 +179,7 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
     std::mt19937_64 rng(seed);
     for (Layer& L : layers_) {
         if (L.spec.type == LayerType::BatchNorm) {
-            std::fill_n(params() + L.w_off, L.n_w, 1.f);  // gamma
+            std::fill_n(params() + L.w_off, L.n_w, 1.f);                   // gamma
             std::fill_n(running_.data() + L.run_off + L.inC, L.inC, 1.f);  // running var
         } else if (L.spec.type == LayerType::Conv) {
             const double rf = double(L.spec.kh) * L.spec.kw;
@@ -164,7 +205,10 @@ void Network::plan_segments() {
     if (!fuse_) return;
     auto pointwise = [](LayerType t) { return t == LayerType::BatchNorm || t == LayerType::ReLU; };
     for (int i = 0; i < nl;) {
-        if (!pointwise(layers_[size_t(i)].spec.type)) { i++; continue; }
+        if (!pointwise(layers_[size_t(i)].spec.type)) {
+            i++;
+            continue;
+        }
         int j = i;
         while (j + 1 < nl && pointwise(layers_[size_t(j + 1)].spec.type) && j + 1 - i < kMaxSegOps) j++;
         Segment sg;
@@ -205,7 +249,8 @@ void Network::ensure_buffers(int64_t B) {
         // the segment's output has a buffer (it is never the segment's input).
         const int sid = in_seg_[l];
         const bool seg_out = sid >= 0 && size_t(segments_[size_t(sid)].end()) == l;
-        if (sid >= 0 ? seg_out : L.spec.type != LayerType::ReLU) acts_[l + 1].resize(size_t(B * L.out_size()));
+        if (sid >= 0 ? seg_out : L.spec.type != LayerType::ReLU)
+            acts_[l + 1].resize(size_t(B * L.out_size()));
         if (L.spec.type == LayerType::BatchNorm) stats_[l].resize(size_t(2 * L.inC));
         if (L.spec.type == LayerType::MaxPool) argmax_[l].resize(size_t(B * L.out_size()));
         dmax = std::max(dmax, B * L.out_size());
@@ -216,21 +261,29 @@ void Network::ensure_buffers(int64_t B) {
     for (size_t i = 0; i < segments_.size(); i++) {
         const Segment& sg = segments_[i];
         bool has_bn = false;
-        for (int l = sg.first; l <= sg.last; l++) has_bn |= layers_[size_t(l)].spec.type == LayerType::BatchNorm;
+        for (int l = sg.first; l <= sg.last; l++)
+            has_bn |= layers_[size_t(l)].spec.type == LayerType::BatchNorm;
         if (sg.pool >= 0 && has_bn) seg_vlast_[i].resize(size_t(B * layers_[size_t(sg.pool)].out_size()));
     }
     act_.assign(nl + 1, nullptr);
     act_[0] = acts_[0].data();
     for (size_t l = 0; l < nl; l++)
         act_[l + 1] = !acts_[l + 1].empty() ? acts_[l + 1].data()
-                      : in_seg_[l] >= 0 ? nullptr  // not materialised
-                      : act_[l];                    // ReLU in place
+                      : in_seg_[l] >= 0     ? nullptr   // not materialised
+                                            : act_[l];  // ReLU in place
     cap_ = B;
 }
 
 void Network::release_buffers() {
-    acts_.clear(); stats_.clear(); argmax_.clear(); act_.clear(); seg_vlast_.clear();
-    for (auto& d : dbuf_) { d.clear(); d.shrink_to_fit(); }
+    acts_.clear();
+    stats_.clear();
+    argmax_.clear();
+    act_.clear();
+    seg_vlast_.clear();
+    for (auto& d : dbuf_) {
+        d.clear();
+        d.shrink_to_fit();
+    }
     cap_ = 0;
 }
 
@@ -273,23 +326,34 @@ void Network::update_running(const Layer& L, const float* mean, const float* rst
 // The ops and shape of a fused segment (train: batch statistics in stats_, else running ones)
 int Network::seg_ops(const Segment& sg, SegOp* ops, SegShape* sh, int64_t B, bool train) {
     const Layer& F = layers_[size_t(sg.first)];
-    sh->N = int(B); sh->C = F.inC; sh->H = F.inH; sh->W = F.inW;
+    sh->N = int(B);
+    sh->C = F.inC;
+    sh->H = F.inH;
+    sh->W = F.inW;
     if (sg.pool >= 0) {
         const Layer& P = layers_[size_t(sg.pool)];
-        sh->K = P.spec.kh; sh->S = P.spec.stride; sh->OH = P.outH; sh->OW = P.outW;
+        sh->K = P.spec.kh;
+        sh->S = P.spec.stride;
+        sh->OH = P.outH;
+        sh->OW = P.outW;
     }
     int n = 0;
     for (int l = sg.first; l <= sg.last; l++, n++) {
         const Layer& L = layers_[size_t(l)];
         SegOp& op = ops[n];
         op = SegOp{};
-        if (L.spec.type == LayerType::ReLU) { op.relu = true; continue; }
+        if (L.spec.type == LayerType::ReLU) {
+            op.relu = true;
+            continue;
+        }
         const int C = L.inC;
         float* aux = seg_aux_[size_t(l)].data();
         op.mean = train ? stats_[size_t(l)].data() : running_.data() + L.run_off;
         op.scale = aux;
         op.shift = params() + L.b_off;
-        op.ka = aux + C; op.kb = aux + 2 * C; op.kx = aux + 3 * C;
+        op.ka = aux + C;
+        op.kb = aux + 2 * C;
+        op.kx = aux + 3 * C;
     }
     return n;
 }
@@ -407,7 +471,8 @@ void Network::forward(int64_t B, bool train, bool update_running) {
                                       L.outH, L.outW);
                 break;
             case LayerType::FC:
-                fast::fc_forward(out, in, params() + L.w_off, params() + L.b_off, N, int(L.in_size()), L.outC);
+                fast::fc_forward(out, in, params() + L.w_off, params() + L.b_off, N, int(L.in_size()),
+                                 L.outC);
                 break;
             case LayerType::Softmax:
                 ref::softmax_forward(out, in, N, L.inC);
@@ -470,20 +535,23 @@ float Network::backward(const int32_t* y, int64_t B, int64_t* n_correct) {
                 if (din) fast::lrn_backward(din, dout, act_[li], N, L.inC, HW, s.size, s.alpha, s.beta, s.k);
                 break;
             case LayerType::Conv:
-                fast::conv_backward(din, grads() + L.w_off, grads() + L.b_off, dout, act_[li], params() + L.w_off,
-                                    L.conv_shape(N));
+                fast::conv_backward(din, grads() + L.w_off, grads() + L.b_off, dout, act_[li],
+                                    params() + L.w_off, L.conv_shape(N));
                 break;
             case LayerType::ReLU:
                 if (din) fast::relu_backward(din, dout, act_[li + 1], B * L.in_size());
                 break;
             case LayerType::MaxPool:
-                if (din) fast::maxpool_backward(din, dout, argmax_[li].data(), N, L.inC, L.inH, L.inW, L.outH, L.outW);
+                if (din)
+                    fast::maxpool_backward(din, dout, argmax_[li].data(), N, L.inC, L.inH, L.inW, L.outH,
+                                           L.outW);
                 break;
             case LayerType::FC:
-                fast::fc_backward(din, grads() + L.w_off, grads() + L.b_off, dout, act_[li], params() + L.w_off, N,
-                                  int(L.in_size()), L.outC);
+                fast::fc_backward(din, grads() + L.w_off, grads() + L.b_off, dout, act_[li],
+                                  params() + L.w_off, N, int(L.in_size()), L.outC);
                 break;
-            case LayerType::Softmax: break;  // only last; handled above
+            case LayerType::Softmax:
+                break;  // only last; handled above
         }
         layer_seconds_[2 * li + 1] += omp_get_wtime() - t0;
         if (!din) break;

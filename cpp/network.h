@@ -61,7 +61,7 @@ struct Segment {
 };
 
 class Network {
-public:
+  public:
     // fuse: plan fused pointwise segments (see Segment); the environment variable NDLM_SK_FUSE=0
     // turns fusion off for every network (the per-layer path, the reference). Both paths give
     // the same results.
@@ -104,7 +104,7 @@ public:
     // A fused segment's time is attributed to its first layer (the others of the segment get 0).
     std::vector<double>& layer_seconds() { return layer_seconds_; }
 
-private:
+  private:
     void ensure_buffers(int64_t B);
     void load_batch(float* dst, const ImageBatch& X, const int64_t* idx, int64_t B) const;
     void forward(int64_t B, bool train, bool update_running);
@@ -120,10 +120,10 @@ private:
     int H_, W_, C_, K_;
     int n_threads_;
     float input_scale_;
-    int64_t P_ = 0;                // number of trainable parameters
-    std::vector<float> mem_;       // params | grads | adam m | adam v (one allocation)
-    std::vector<float> running_;   // batch norm running statistics
-    int64_t step_ = 0;             // Adam time step
+    int64_t P_ = 0;               // number of trainable parameters
+    std::vector<float> mem_;      // params | grads | adam m | adam v (one allocation)
+    std::vector<float> running_;  // batch norm running statistics
+    int64_t step_ = 0;            // Adam time step
     AdamConfig adam_;
     // activation buffers for the current batch size
     int64_t cap_ = 0;
@@ -131,14 +131,14 @@ private:
     std::vector<float*> act_;                // act_[l] = input of layer l (ReLU shares its input's storage)
     std::vector<std::vector<float>> stats_;  // batch norm: mean (C) then rstd (C)
     std::vector<std::vector<int32_t>> argmax_;
-    std::vector<float> dbuf_[2];             // activation gradients, ping-pong
+    std::vector<float> dbuf_[2];  // activation gradients, ping-pong
     std::vector<double> layer_seconds_;
     bool fuse_ = true;
     std::vector<Segment> segments_;
-    std::vector<int> seg_start_;             // per layer: index in segments_ of the segment starting there, or -1
-    std::vector<int> seg_end_;               // per layer: index of the segment ending there, or -1
-    std::vector<int> in_seg_;                // per layer: index of the segment covering it, or -1
-    std::vector<std::vector<float>> seg_aux_;  // fused batch norm: scale, ka, kb, kx (C each)
+    std::vector<int> seg_start_;  // per layer: index in segments_ of the segment starting there, or -1
+    std::vector<int> seg_end_;    // per layer: index of the segment ending there, or -1
+    std::vector<int> in_seg_;     // per layer: index of the segment covering it, or -1
+    std::vector<std::vector<float>> seg_aux_;    // fused batch norm: scale, ka, kb, kx (C each)
     std::vector<std::vector<float>> seg_vlast_;  // pooled segment: last batch norm's input at the argmax
     std::mutex mu_;
 };

@@ -13,8 +13,8 @@
 #error "define NDLM_ISA_NS before including simd.h"
 #endif
 
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #if defined(__SSE2__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -25,8 +25,8 @@ namespace NDLM_ISA_NS {
 
 #if defined(__AVX512F__)
 struct Simd {
-    static constexpr int V = 16;      // float lanes
-    static constexpr int NREG = 32;   // vector registers
+    static constexpr int V = 16;     // float lanes
+    static constexpr int NREG = 32;  // vector registers
     static constexpr const char* name = "avx512";
     using R = __m512;
     static inline R zero() { return _mm512_setzero_ps(); }
@@ -49,8 +49,9 @@ struct Simd {
     static inline R rsqrt_approx(R a) { return _mm512_rsqrt14_ps(a); }
     // lanes i: p[i * stride]
     static inline R gather(const float* p, int stride) {
-        const __m512i idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(stride));
+        const __m512i idx =
+            _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                               _mm512_set1_epi32(stride));
         return _mm512_i32gather_ps(idx, p, 4);
     }
     // comparison masks and blend: blend(m, a, b) = m ? a : b per lane
@@ -99,7 +100,8 @@ struct Simd {
     }
     static inline R rsqrt_approx(R a) { return _mm256_rsqrt_ps(a); }  // rel err < 1.5 * 2^-12
     static inline R gather(const float* p, int stride) {
-        const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
+        const __m256i idx =
+            _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(stride));
         return _mm256_i32gather_ps(p, idx, 4);
     }
     using M = __m256;

@@ -76,16 +76,33 @@ static void check_level(const KernelTable& K) {
     // ---- conv ----
     {
         Stat sf, sdx, sdw, sdb;
-        struct C { int N, Cin, H, W, Cout, KH, KW, st, pad; };
+        struct C {
+            int N, Cin, H, W, Cout, KH, KW, st, pad;
+        };
         std::vector<C> cases = {
-            {1, 3, 7, 9, 10, 5, 5, 1, 0},   {3, 3, 31, 30, 10, 5, 5, 1, 0},   {3, 1, 7, 9, 1, 1, 1, 1, 0},
-            {1, 10, 31, 30, 3, 3, 3, 1, 1}, {3, 17, 7, 9, 17, 3, 3, 2, 1},   {1, 3, 31, 30, 10, 15, 15, 1, 0},
-            {1, 3, 31, 30, 10, 15, 15, 1, 2}, {3, 3, 7, 9, 10, 2, 3, 1, 2},  {1, 10, 31, 30, 17, 2, 3, 3, 1},
-            {1, 3, 31, 30, 10, 5, 5, 2, 2}, {3, 17, 31, 30, 1, 1, 1, 1, 0},  {1, 1, 31, 30, 17, 3, 3, 3, 0},
-            {3, 10, 7, 9, 10, 5, 5, 1, 2},  {1, 3, 7, 9, 8, 3, 3, 1, 2},     {1, 3, 300, 300, 10, 5, 5, 1, 0},
-            {3, 3, 33, 47, 10, 5, 5, 1, 0}, {1, 3, 17, 65, 24, 5, 5, 1, 0},  {1, 3, 9, 9, 2, 5, 5, 1, 4},
-            {1, 2, 7, 9, 3, 3, 3, 2, 2},    {1, 4, 12, 12, 5, 1, 1, 2, 0},   {2, 3, 31, 30, 10, 15, 15, 2, 1},
-            {3, 1, 61, 64, 3, 2, 3, 3, 0} /* stride > kernel: rows between two windows */, {2, 10, 33, 40, 3, 5, 5, 1, 1},
+            {1, 3, 7, 9, 10, 5, 5, 1, 0},
+            {3, 3, 31, 30, 10, 5, 5, 1, 0},
+            {3, 1, 7, 9, 1, 1, 1, 1, 0},
+            {1, 10, 31, 30, 3, 3, 3, 1, 1},
+            {3, 17, 7, 9, 17, 3, 3, 2, 1},
+            {1, 3, 31, 30, 10, 15, 15, 1, 0},
+            {1, 3, 31, 30, 10, 15, 15, 1, 2},
+            {3, 3, 7, 9, 10, 2, 3, 1, 2},
+            {1, 10, 31, 30, 17, 2, 3, 3, 1},
+            {1, 3, 31, 30, 10, 5, 5, 2, 2},
+            {3, 17, 31, 30, 1, 1, 1, 1, 0},
+            {1, 1, 31, 30, 17, 3, 3, 3, 0},
+            {3, 10, 7, 9, 10, 5, 5, 1, 2},
+            {1, 3, 7, 9, 8, 3, 3, 1, 2},
+            {1, 3, 300, 300, 10, 5, 5, 1, 0},
+            {3, 3, 33, 47, 10, 5, 5, 1, 0},
+            {1, 3, 17, 65, 24, 5, 5, 1, 0},
+            {1, 3, 9, 9, 2, 5, 5, 1, 4},
+            {1, 2, 7, 9, 3, 3, 3, 2, 2},
+            {1, 4, 12, 12, 5, 1, 1, 2, 0},
+            {2, 3, 31, 30, 10, 15, 15, 2, 1},
+            {3, 1, 61, 64, 3, 2, 3, 3, 0} /* stride > kernel: rows between two windows */,
+            {2, 10, 33, 40, 3, 5, 5, 1, 1},
         };
         for (auto c : cases) {
             ConvShape s{c.N, c.Cin, c.H, c.W, c.Cout, c.KH, c.KW, c.st, c.pad, 0, 0};
@@ -124,33 +141,44 @@ static void check_level(const KernelTable& K) {
     // ---- batch norm ----
     {
         Stat sy, sm, sr, si, sdx, sdg, sdb;
-        struct B { int N, C, HW; float off; };
-        std::vector<B> cases = {{1, 1, 63, 0.f}, {3, 3, 270, 5.f}, {3, 10, 961, -2.f}, {1, 17, 7, 0.f},
-                                {3, 3, 90000, 3.f}, {2, 10, 87616, 0.3f}, {5, 2, 1, 1.f},
-                                {9, 10, 87616, 1.f} /* > 24 MB: non-temporal stores */};
+        struct B {
+            int N, C, HW;
+            float off;
+        };
+        std::vector<B> cases = {{1, 1, 63, 0.f}, {3, 3, 270, 5.f},   {3, 10, 961, -2.f},
+                                {1, 17, 7, 0.f}, {3, 3, 90000, 3.f}, {2, 10, 87616, 0.3f},
+                                {5, 2, 1, 1.f},  {9, 10, 87616, 1.f} /* > 24 MB: non-temporal stores */};
         for (auto c : cases) {
             const size_t n = size_t(c.N) * c.C * c.HW;
             auto x = rnd(n, c.off - 1.f, c.off + 1.f);
             auto g = rnd(c.C, 0.5f, 1.5f), be = rnd(c.C);
             auto dy = rnd(n);
             std::vector<float> y0(n), y1(n), m0(c.C), m1(c.C), r0(c.C), r1(c.C);
-            ref::batchnorm_forward_train(y0.data(), m0.data(), r0.data(), x.data(), g.data(), be.data(), c.N, c.C, c.HW, 1e-5f);
-            K.batchnorm_forward_train(y1.data(), m1.data(), r1.data(), x.data(), g.data(), be.data(), c.N, c.C, c.HW, 1e-5f);
+            ref::batchnorm_forward_train(y0.data(), m0.data(), r0.data(), x.data(), g.data(), be.data(), c.N,
+                                         c.C, c.HW, 1e-5f);
+            K.batchnorm_forward_train(y1.data(), m1.data(), r1.data(), x.data(), g.data(), be.data(), c.N,
+                                      c.C, c.HW, 1e-5f);
             sy.add(relerr(y1, y0));
             sm.add(relerr(m1, m0));
             sr.add(relerr(r1, r0));
             auto rm = rnd(c.C), rv = rnd(c.C, 0.5f, 2.f);
-            ref::batchnorm_forward_infer(y0.data(), x.data(), g.data(), be.data(), rm.data(), rv.data(), c.N, c.C, c.HW, 1e-5f);
-            K.batchnorm_forward_infer(y1.data(), x.data(), g.data(), be.data(), rm.data(), rv.data(), c.N, c.C, c.HW, 1e-5f);
+            ref::batchnorm_forward_infer(y0.data(), x.data(), g.data(), be.data(), rm.data(), rv.data(), c.N,
+                                         c.C, c.HW, 1e-5f);
+            K.batchnorm_forward_infer(y1.data(), x.data(), g.data(), be.data(), rm.data(), rv.data(), c.N,
+                                      c.C, c.HW, 1e-5f);
             si.add(relerr(y1, y0));
             std::vector<float> dx0(n), dx1(n), dg0(c.C, 1.f), dg1(c.C, 1.f), db0(c.C, -1.f), db1(c.C, -1.f);
-            ref::batchnorm_backward(dx0.data(), dg0.data(), db0.data(), dy.data(), x.data(), m0.data(), r0.data(), g.data(), c.N, c.C, c.HW);
-            K.batchnorm_backward(dx1.data(), dg1.data(), db1.data(), dy.data(), x.data(), m0.data(), r0.data(), g.data(), c.N, c.C, c.HW);
+            ref::batchnorm_backward(dx0.data(), dg0.data(), db0.data(), dy.data(), x.data(), m0.data(),
+                                    r0.data(), g.data(), c.N, c.C, c.HW);
+            K.batchnorm_backward(dx1.data(), dg1.data(), db1.data(), dy.data(), x.data(), m0.data(),
+                                 r0.data(), g.data(), c.N, c.C, c.HW);
             sdx.add(relerr(dx1, dx0));
             sdg.add(relerr(dg1, dg0));
             sdb.add(relerr(db1, db0));
-            K.batchnorm_backward(nullptr, dg1.data(), db1.data(), dy.data(), x.data(), m0.data(), r0.data(), g.data(), c.N, c.C, c.HW);
-            ref::batchnorm_backward(nullptr, dg0.data(), db0.data(), dy.data(), x.data(), m0.data(), r0.data(), g.data(), c.N, c.C, c.HW);
+            K.batchnorm_backward(nullptr, dg1.data(), db1.data(), dy.data(), x.data(), m0.data(), r0.data(),
+                                 g.data(), c.N, c.C, c.HW);
+            ref::batchnorm_backward(nullptr, dg0.data(), db0.data(), dy.data(), x.data(), m0.data(),
+                                    r0.data(), g.data(), c.N, c.C, c.HW);
             sdg.add(relerr(dg1, dg0));
         }
         report(L, "batchnorm_fwd_train y", sy);
@@ -164,11 +192,14 @@ static void check_level(const KernelTable& K) {
     // ---- LRN ----
     {
         Stat sy, sdx;
-        struct Lc { int N, C, HW, size; float alpha, beta, k; };
-        std::vector<Lc> cases = {{1, 3, 63, 5, 1e-4f, 0.75f, 2.f},   {3, 3, 900, 5, 1e-4f, 0.75f, 2.f},
-                                 {1, 1, 7, 5, 1e-4f, 0.75f, 2.f},    {3, 10, 961, 7, 0.5f, 0.75f, 1.f},
-                                 {1, 17, 270, 3, 0.3f, 0.6f, 1.5f},  {1, 10, 100, 1, 1.f, 0.5f, 1.f},
-                                 {2, 17, 1030, 11, 2.f, 1.f, 1.f},   {1, 3, 90000, 5, 1e-4f, 0.75f, 2.f},
+        struct Lc {
+            int N, C, HW, size;
+            float alpha, beta, k;
+        };
+        std::vector<Lc> cases = {{1, 3, 63, 5, 1e-4f, 0.75f, 2.f},    {3, 3, 900, 5, 1e-4f, 0.75f, 2.f},
+                                 {1, 1, 7, 5, 1e-4f, 0.75f, 2.f},     {3, 10, 961, 7, 0.5f, 0.75f, 1.f},
+                                 {1, 17, 270, 3, 0.3f, 0.6f, 1.5f},   {1, 10, 100, 1, 1.f, 0.5f, 1.f},
+                                 {2, 17, 1030, 11, 2.f, 1.f, 1.f},    {1, 3, 90000, 5, 1e-4f, 0.75f, 2.f},
                                  {24, 3, 90001, 5, 1e-4f, 0.75f, 2.f} /* > 24 MB */};
         for (auto c : cases) {
             const size_t n = size_t(c.N) * c.C * c.HW;
@@ -203,11 +234,20 @@ static void check_level(const KernelTable& K) {
     // ---- max pooling (ties on purpose: argmax must match exactly) ----
     {
         Stat sy, sa, sdx;
-        struct P { int N, C, H, W, K, S; bool ties; };
-        std::vector<P> cases = {{1, 1, 7, 9, 2, 2, false},   {3, 3, 31, 30, 5, 5, true},  {3, 10, 31, 30, 7, 3, true},
-                                {1, 17, 7, 9, 2, 2, true},   {2, 10, 296, 296, 5, 5, false}, {1, 3, 31, 30, 3, 1, true},
-                                {1, 2, 9, 9, 5, 5, true},    {2, 10, 296, 296, 5, 5, true},
-                                {9, 10, 296, 296, 5, 5, true} /* > 24 MB */, {9, 10, 301, 299, 5, 6, false},
+        struct P {
+            int N, C, H, W, K, S;
+            bool ties;
+        };
+        std::vector<P> cases = {{1, 1, 7, 9, 2, 2, false},
+                                {3, 3, 31, 30, 5, 5, true},
+                                {3, 10, 31, 30, 7, 3, true},
+                                {1, 17, 7, 9, 2, 2, true},
+                                {2, 10, 296, 296, 5, 5, false},
+                                {1, 3, 31, 30, 3, 1, true},
+                                {1, 2, 9, 9, 5, 5, true},
+                                {2, 10, 296, 296, 5, 5, true},
+                                {9, 10, 296, 296, 5, 5, true} /* > 24 MB */,
+                                {9, 10, 301, 299, 5, 6, false},
                                 {1, 3, 31, 30, 2, 3, false}};
         for (auto c : cases) {
             const int OH = (c.H - c.K) / c.S + 1, OW = (c.W - c.K) / c.S + 1;
@@ -233,17 +273,22 @@ static void check_level(const KernelTable& K) {
     // ---- fully connected ----
     {
         Stat sy, sdx, sdw, sdb;
-        struct Fc { int N, F, O; };
-        std::vector<Fc> cases = {{1, 1, 1}, {3, 7, 5}, {3, 1000, 9}, {17, 34810, 5}, {128, 3001, 5}, {2, 513, 3}};
+        struct Fc {
+            int N, F, O;
+        };
+        std::vector<Fc> cases = {{1, 1, 1},      {3, 7, 5},      {3, 1000, 9},
+                                 {17, 34810, 5}, {128, 3001, 5}, {2, 513, 3}};
         for (auto c : cases) {
-            auto x = rnd(size_t(c.N) * c.F), w = rnd(size_t(c.O) * c.F), b = rnd(c.O), dy = rnd(size_t(c.N) * c.O);
+            auto x = rnd(size_t(c.N) * c.F), w = rnd(size_t(c.O) * c.F), b = rnd(c.O),
+                 dy = rnd(size_t(c.N) * c.O);
             std::vector<float> y0(size_t(c.N) * c.O), y1(y0.size());
             ref::fc_forward(y0.data(), x.data(), w.data(), b.data(), c.N, c.F, c.O);
             K.fc_forward(y1.data(), x.data(), w.data(), b.data(), c.N, c.F, c.O);
             sy.add(relerr(y1, y0));
             std::vector<float> dx0(x.size()), dx1(x.size()), dw0(w.size(), 1.f), dw1(w.size(), 1.f),
                 db0(c.O, 2.f), db1(c.O, 2.f);
-            ref::fc_backward(dx0.data(), dw0.data(), db0.data(), dy.data(), x.data(), w.data(), c.N, c.F, c.O);
+            ref::fc_backward(dx0.data(), dw0.data(), db0.data(), dy.data(), x.data(), w.data(), c.N, c.F,
+                             c.O);
             K.fc_backward(dx1.data(), dw1.data(), db1.data(), dy.data(), x.data(), w.data(), c.N, c.F, c.O);
             sdx.add(relerr(dx1, dx0));
             sdw.add(relerr(dw1, dw0));
@@ -275,7 +320,8 @@ static void check_determinism(const KernelTable& K) {
             bnr[r].assign(10, 0.f);
             by[r].assign(dy.size(), 0.f);
             std::vector<float> g(10, 1.f), b(10, 0.f);
-            K.batchnorm_forward_train(by[r].data(), bnm[r].data(), bnr[r].data(), dy.data(), g.data(), b.data(), s.N, 10, 60 * 57, 1e-5f);
+            K.batchnorm_forward_train(by[r].data(), bnm[r].data(), bnr[r].data(), dy.data(), g.data(),
+                                      b.data(), s.N, 10, 60 * 57, 1e-5f);
         }
         bad += dw[0] != dw[1] || dx[0] != dx[1] || bnm[0] != bnm[1] || bnr[0] != bnr[1] || by[0] != by[1];
     }
@@ -311,7 +357,12 @@ static void bench_level(const KernelTable& K, int N) {
     ConvShape s{N, 3, 300, 300, 10, 5, 5, 1, 0, 296, 296};
     const double conv_gf = 2.0 * N * 10 * 296 * 296 * 75 / 1e9;
     const double MB = 1e6;
-    struct Row { const char* name; double ms1, ms2; double work; const char* unit; };
+    struct Row {
+        const char* name;
+        double ms1, ms2;
+        double work;
+        const char* unit;
+    };
     std::vector<Row> rows;
     auto run = [&](const char* name, double work, const char* unit, auto f) {
         double ms[2];
@@ -321,33 +372,64 @@ static void bench_level(const KernelTable& K, int N) {
         }
         rows.push_back({name, ms[0], ms[1], work, unit});
         const double w1 = work / ms[0] * 1e3, w2 = work / ms[1] * 1e3;
-        std::printf("  %-8s %-30s 1thr %8.2f ms %7.1f %-6s | 2thr %8.2f ms %7.1f %-6s\n", K.name, name,
-                    ms[0], w1, unit, ms[1], w2, unit);
+        std::printf("  %-8s %-30s 1thr %8.2f ms %7.1f %-6s | 2thr %8.2f ms %7.1f %-6s\n", K.name, name, ms[0],
+                    w1, unit, ms[1], w2, unit);
         std::fflush(stdout);
     };
     const double B0 = 4.0 * n0 / 1e9, B1 = 4.0 * n1 / 1e9, B2 = 4.0 * n2 / 1e9;
     (void)MB;
     // traffic counted as the bytes each kernel must read and write once
-    run("bn_fwd_train 300x300x3", 2 * B0, "GB/s", [&] { K.batchnorm_forward_train(y0.data(), m.data(), r.data(), x0.data(), g.data(), be.data(), N, 3, 90000, 1e-5f); });
-    run("lrn_fwd 300x300x3", 2 * B0, "GB/s", [&] { K.lrn_forward(y0.data(), x0.data(), N, 3, 90000, 5, 1e-4f, 0.75f, 2.f); });
-    run("conv_fwd 3->10 5x5", conv_gf, "GFLOP/s", [&] { K.conv_forward(y1.data(), x0.data(), w.data(), b.data(), s); });
-    run("bn_fwd_train 296x296x10", 2 * B1, "GB/s", [&] { K.batchnorm_forward_train(y1.data(), m.data(), r.data(), x1.data(), g.data(), be.data(), N, 10, 296 * 296, 1e-5f); });
+    run("bn_fwd_train 300x300x3", 2 * B0, "GB/s", [&] {
+        K.batchnorm_forward_train(y0.data(), m.data(), r.data(), x0.data(), g.data(), be.data(), N, 3, 90000,
+                                  1e-5f);
+    });
+    run("lrn_fwd 300x300x3", 2 * B0, "GB/s",
+        [&] { K.lrn_forward(y0.data(), x0.data(), N, 3, 90000, 5, 1e-4f, 0.75f, 2.f); });
+    run("conv_fwd 3->10 5x5", conv_gf, "GFLOP/s",
+        [&] { K.conv_forward(y1.data(), x0.data(), w.data(), b.data(), s); });
+    run("bn_fwd_train 296x296x10", 2 * B1, "GB/s", [&] {
+        K.batchnorm_forward_train(y1.data(), m.data(), r.data(), x1.data(), g.data(), be.data(), N, 10,
+                                  296 * 296, 1e-5f);
+    });
     run("relu_fwd 296x296x10", 2 * B1, "GB/s", [&] { K.relu_forward(y1.data(), x1.data(), int64_t(n1)); });
-    run("maxpool_fwd 5/5 296->59", B1 + 2 * B2, "GB/s", [&] { K.maxpool_forward(y2.data(), am.data(), x1.data(), N, 10, 296, 296, 5, 5, 59, 59); });
-    run("bn_fwd_train 59x59x10", 2 * B2, "GB/s", [&] { K.batchnorm_forward_train(y2.data(), m.data(), r.data(), x2.data(), g.data(), be.data(), N, 10, 59 * 59, 1e-5f); });
-    run("fc_fwd 34810->5", B2, "GB/s", [&] { K.fc_forward(fy.data(), x2.data(), fw.data(), fb.data(), N, F, O); });
-    run("fc_bwd 34810->5", 2 * B2, "GB/s", [&] { K.fc_backward(e0.data(), fdw.data(), fdb.data(), fdy.data(), x2.data(), fw.data(), N, F, O); });
-    run("bn_bwd 59x59x10", 3 * B2, "GB/s", [&] { K.batchnorm_backward(e1.data(), dg.data(), dbe.data(), d2.data(), x2.data(), m.data(), r.data(), g.data(), N, 10, 59 * 59); });
-    run("maxpool_bwd 5/5", B1 + 2 * B2, "GB/s", [&] { K.maxpool_backward(e1.data(), d2.data(), am.data(), N, 10, 296, 296, 59, 59); });
-    run("bn_bwd 296x296x10", 3 * B1, "GB/s", [&] { K.batchnorm_backward(e1.data(), dg.data(), dbe.data(), d1.data(), x1.data(), m.data(), r.data(), g.data(), N, 10, 296 * 296); });
-    run("relu_bwd 296x296x10", 3 * B1, "GB/s", [&] { K.relu_backward(e1.data(), d1.data(), x1.data(), int64_t(n1)); });
-    run("conv_bwd dw+db (no dx)", conv_gf, "GFLOP/s", [&] { K.conv_backward(nullptr, dw.data(), db.data(), d1.data(), x0.data(), w.data(), s); });
-    run("conv_bwd dx+dw+db", 2 * conv_gf, "GFLOP/s", [&] { K.conv_backward(e0.data(), dw.data(), db.data(), d1.data(), x0.data(), w.data(), s); });
-    run("bn_bwd 300x300x3", 3 * B0, "GB/s", [&] { K.batchnorm_backward(e0.data(), dg.data(), dbe.data(), d0.data(), x0.data(), m.data(), r.data(), g.data(), N, 3, 90000); });
-    run("lrn_bwd 300x300x3", 3 * B0, "GB/s", [&] { K.lrn_backward(e0.data(), d0.data(), x0.data(), N, 3, 90000, 5, 1e-4f, 0.75f, 2.f); });
+    run("maxpool_fwd 5/5 296->59", B1 + 2 * B2, "GB/s",
+        [&] { K.maxpool_forward(y2.data(), am.data(), x1.data(), N, 10, 296, 296, 5, 5, 59, 59); });
+    run("bn_fwd_train 59x59x10", 2 * B2, "GB/s", [&] {
+        K.batchnorm_forward_train(y2.data(), m.data(), r.data(), x2.data(), g.data(), be.data(), N, 10,
+                                  59 * 59, 1e-5f);
+    });
+    run("fc_fwd 34810->5", B2, "GB/s",
+        [&] { K.fc_forward(fy.data(), x2.data(), fw.data(), fb.data(), N, F, O); });
+    run("fc_bwd 34810->5", 2 * B2, "GB/s",
+        [&] { K.fc_backward(e0.data(), fdw.data(), fdb.data(), fdy.data(), x2.data(), fw.data(), N, F, O); });
+    run("bn_bwd 59x59x10", 3 * B2, "GB/s", [&] {
+        K.batchnorm_backward(e1.data(), dg.data(), dbe.data(), d2.data(), x2.data(), m.data(), r.data(),
+                             g.data(), N, 10, 59 * 59);
+    });
+    run("maxpool_bwd 5/5", B1 + 2 * B2, "GB/s",
+        [&] { K.maxpool_backward(e1.data(), d2.data(), am.data(), N, 10, 296, 296, 59, 59); });
+    run("bn_bwd 296x296x10", 3 * B1, "GB/s", [&] {
+        K.batchnorm_backward(e1.data(), dg.data(), dbe.data(), d1.data(), x1.data(), m.data(), r.data(),
+                             g.data(), N, 10, 296 * 296);
+    });
+    run("relu_bwd 296x296x10", 3 * B1, "GB/s",
+        [&] { K.relu_backward(e1.data(), d1.data(), x1.data(), int64_t(n1)); });
+    run("conv_bwd dw+db (no dx)", conv_gf, "GFLOP/s",
+        [&] { K.conv_backward(nullptr, dw.data(), db.data(), d1.data(), x0.data(), w.data(), s); });
+    run("conv_bwd dx+dw+db", 2 * conv_gf, "GFLOP/s",
+        [&] { K.conv_backward(e0.data(), dw.data(), db.data(), d1.data(), x0.data(), w.data(), s); });
+    run("bn_bwd 300x300x3", 3 * B0, "GB/s", [&] {
+        K.batchnorm_backward(e0.data(), dg.data(), dbe.data(), d0.data(), x0.data(), m.data(), r.data(),
+                             g.data(), N, 3, 90000);
+    });
+    run("lrn_bwd 300x300x3", 3 * B0, "GB/s",
+        [&] { K.lrn_backward(e0.data(), d0.data(), x0.data(), N, 3, 90000, 5, 1e-4f, 0.75f, 2.f); });
     double t1 = 0, t2 = 0;
     for (auto& rw : rows)
-        if (std::strcmp(rw.name, "conv_bwd dw+db (no dx)") != 0) { t1 += rw.ms1; t2 += rw.ms2; }
+        if (std::strcmp(rw.name, "conv_bwd dw+db (no dx)") != 0) {
+            t1 += rw.ms1;
+            t2 += rw.ms2;
+        }
     std::printf("  %-8s %-30s 1thr %8.2f ms %7.1f img/s  | 2thr %8.2f ms %7.1f img/s\n", K.name,
                 "TOTAL (one training step)", t1, N / t1 * 1e3, t2, N / t2 * 1e3);
 }
