@@ -1,10 +1,10 @@
 // Developer tool (not part of the Python module): checks every tuned kernel of every SIMD level
 // against the reference layers on odd shapes, and times the NDLM shapes.
 //
-//   cpp/tests/build_kernel_check.sh            # builds build/kernel_check with the module's flags
-//   build/kernel_check check [levels...]       # correctness, levels: generic avx2 avx512 (default all)
-//   build/kernel_check bench [N] [levels...]   # timings of the NDLM shapes at 1 and 2 threads
-//   build/kernel_check all
+//   .ci/kernel_check.sh                         # builds (CMake, -DNDLM_BUILD_KERNEL_CHECK=ON) and checks
+//   build/kc/kernel_check check [levels...]     # correctness, levels: generic avx2 avx512 (default all)
+//   build/kc/kernel_check bench [N] [levels...] # timings of the NDLM shapes at 1 and 2 threads
+//   build/kc/kernel_check all
 //
 // Error metric: max |fast - ref| / max |ref| over the output (relative to the magnitude).
 #include <omp.h>
