@@ -1,5 +1,6 @@
 // Tuned kernels compiled for the "avx2" level (-mavx2 -mfma; see CMakeLists.txt).
-// The bodies are in kernels_impl.h; kernels_dispatch.cpp picks a level at run time.
+// The bodies are cpp/ops/<op>_simd.h, gathered by kernels_impl.h; kernels_dispatch.cpp picks a level at run
+// time.
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "kernels_avx2.cpp must be compiled with -mavx2 -mfma"
 #endif

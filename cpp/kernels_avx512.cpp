@@ -1,5 +1,6 @@
 // Tuned kernels compiled for the "avx512" level (-mavx512f -mavx512bw -mavx512vl -mavx2 -mfma; see
-// CMakeLists.txt). The bodies are in kernels_impl.h; kernels_dispatch.cpp picks a level at run time.
+// CMakeLists.txt). The bodies are cpp/ops/<op>_simd.h, gathered by kernels_impl.h; kernels_dispatch.cpp picks
+// a level at run time.
 #if !defined(__AVX512F__) || !defined(__AVX512BW__) || !defined(__AVX512VL__)
 #error "kernels_avx512.cpp must be compiled with -mavx512f -mavx512bw -mavx512vl -mavx2 -mfma"
 #endif

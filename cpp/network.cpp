@@ -11,12 +11,9 @@
 #include <string>
 
 #include "kernels.h"
+#include "ops/shared.h"
 
 namespace ndlm {
-
-// Parallel loops open only above this many elements (as the kernels' PAR_MIN_WORK): waking the
-// other threads costs more than small work. Elementwise loops: results do not depend on it.
-static constexpr int64_t kParMinWork = int64_t(1) << 16;
 
 static const char* type_name(LayerType t) {
     switch (t) {
@@ -410,17 +407,9 @@ void Network::backward_segment(const Segment& sg, const float* dout, float* din,
         float* dbeta = grads() + L.b_off;
         float* aux = seg_aux_[size_t(sg.first + j)].data();
         const double M = double(B) * (L.inH * L.inW);
-        for (int c = 0; c < C; c++) {
-            const double sdy = sd[size_t(c)];
-            const double r = rstd[c];
-            const double sdyx = sd[size_t(C + c)] * r;
-            dbeta[c] += float(sdy);
-            dgamma[c] += float(sdyx);
-            const double a = double(gamma[c]) * r;
-            aux[C + c] = float(a);
-            aux[2 * C + c] = float(-a * sdy / M);
-            aux[3 * C + c] = float(-a * r * sdyx / M);
-        }
+        for (int c = 0; c < C; c++)
+            bn_backward_coefs(sd[size_t(c)], sd[size_t(C + c)], rstd[c], gamma[c], M, &dgamma[c], &dbeta[c],
+                              &aux[C + c], &aux[2 * C + c], &aux[3 * C + c]);
     }
     if (din) fast::seg_backward(din, x0, dout, am, sh, ops, nops);
 }

@@ -13,7 +13,7 @@
 // blocks, in a fixed order: deterministic for a thread count, equal to the per-layer path's
 // within float rounding.
 #ifndef NDLM_ISA_NS
-#error "fused_impl.h is included by kernels_impl.h"
+#error "ops/fused_simd.h is included by kernels_impl.h"
 #endif
 
 // GCC 12 warns about negative op indices on paths that instantiations with fixed chains never take
@@ -198,30 +198,16 @@ void seg_forward(float* y, int32_t* argmax, float* vlast, const float* x, const 
                             Simd::store(vk.p + i, kk);
                         }
                     }
-                    // horizontal: as pool_plane
+                    // horizontal: the scan of pool_plane, carrying the last batch norm's input along
                     for (int ox0 = 0; ox0 < OW; ox0 += V) {
                         const int nv = mini(V, OW - ox0);
-                        const float* mb = vm.p + int64_t(ox0) * S;
-                        const float* kb = vk.p + int64_t(ox0) * S;
                         const float* lb = vv.p + int64_t(ox0) * S;
-                        R best = Simd::gather(mb, S), bk = Simd::gather(kb, S), bx = Simd::zero();
                         R bl = keep ? Simd::gather(lb, S) : Simd::zero();
-                        for (int kx = 1; kx < K; kx++) {
-                            const R v = Simd::gather(mb + kx, S), k2 = Simd::gather(kb + kx, S);
-                            const auto take =
-                                Simd::mor(Simd::gt(v, best), Simd::mand(Simd::eq(v, best), Simd::lt(k2, bk)));
-                            best = Simd::blend(take, v, best);
-                            bk = Simd::blend(take, k2, bk);
-                            bx = Simd::blend(take, Simd::set1(float(kx)), bx);
-                            if (keep) bl = Simd::blend(take, Simd::gather(lb + kx, S), bl);
-                        }
-                        Simd::storep(yp + oy * OW + ox0, best, nv);
+                        pool_hscan(yp + oy * OW, ap + oy * OW, vm.p, vk.p, ox0, nv, K, S, r0, W, tk.p, tx.p,
+                                   [&](int kx, const auto& take) {
+                                       if (keep) bl = Simd::blend(take, Simd::gather(lb + kx, S), bl);
+                                   });
                         if (keep) Simd::storep(lp + oy * OW + ox0, bl, nv);
-                        Simd::store(tk.p, bk);
-                        Simd::store(tx.p, bx);
-                        int32_t* aq = ap + oy * OW + ox0;
-                        for (int j = 0; j < nv; j++)
-                            aq[j] = (r0 + int(tk[j])) * W + (ox0 + j) * S + int(tx[j]);
                     }
                 }
             }
