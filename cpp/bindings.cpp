@@ -683,6 +683,40 @@ PYBIND11_MODULE(_core, m) {
             py::arg("X"), py::arg("idx") = py::none(), py::arg("chunk") = 64,
             "Class probabilities of the images X (or X[idx]) with running batch norm statistics")
         .def(
+            "population_stats",
+            [](Network& n, const py::array& X, py::object idx_obj, int64_t chunk) {
+                ImageBatch b = image_batch(X, n);
+                if (chunk < 1) throw py::value_error("chunk must be >= 1");
+                std::vector<int64_t> idx;
+                int64_t m = b.n;
+                if (!idx_obj.is_none()) {
+                    idx = int_values<int64_t>(idx_obj, "image index", b.n);
+                    m = int64_t(idx.size());
+                }
+                if (m < 1) throw py::value_error("population statistics need at least one image");
+                const int64_t* ip = idx_obj.is_none() ? nullptr : idx.data();
+                py::gil_scoped_release nogil;
+                std::lock_guard<std::mutex> g(n.mutex());
+                n.population_stats(b, ip, m, chunk);
+            },
+            py::arg("X"), py::arg("idx") = py::none(), py::arg("chunk") = 64,
+            "Set every batch norm layer's running mean / variance to the exact ones of its input over "
+            "the images X (or X[idx]), from one training-mode pass (MATLAB's 'population')")
+        .def_property(
+            "input_norm",
+            [](const Network& n) {
+                return py::make_tuple(
+                    py::array_t<float>(py::ssize_t(n.input_shift().size()), n.input_shift().data()),
+                    py::array_t<float>(py::ssize_t(n.input_mult().size()), n.input_mult().data()));
+            },
+            [](Network& n, const py::tuple& t) {
+                if (t.size() != 2) throw py::value_error("input_norm must be a (shift, mult) pair");
+                std::lock_guard<std::mutex> g(n.mutex());
+                n.set_input_norm(t[0].cast<std::vector<float>>(), t[1].cast<std::vector<float>>());
+            },
+            "(shift, mult), flat (H, W, C) float32 arrays: the first layer sees (x * input_scale - shift) * "
+            "mult; both empty: no input normalization")
+        .def(
             "layer_seconds",
             [](Network& n, bool reset) {
                 std::lock_guard<std::mutex> g(n.mutex());

@@ -284,11 +284,14 @@ void Network::release_buffers() {
     cap_ = 0;
 }
 
-// (n, H, W, C) uint8/float32 rows X[idx[i]] -> (B, C, H, W) float32, times input_scale
+// (n, H, W, C) uint8/float32 rows X[idx[i]] -> (B, C, H, W) float32, times input_scale, then
+// minus in_shift_ and times in_mult_ when an input normalization is set
 void Network::load_batch(float* dst, const ImageBatch& X, const int64_t* idx, int64_t B) const {
     const int64_t HW = int64_t(H_) * W_, img = HW * C_;
     const float sc = input_scale_;
     const int C = C_;
+    const float* sh = in_shift_.empty() ? nullptr : in_shift_.data();
+    const float* mu = in_mult_.data();
 #pragma omp parallel for schedule(static) if (B * img >= kParMinWork)
     for (int64_t i = 0; i < B; i++) {
         const int64_t src = idx ? idx[i] : i;
@@ -301,6 +304,70 @@ void Network::load_batch(float* dst, const ImageBatch& X, const int64_t* idx, in
             const float* s = static_cast<const float*>(X.data) + src * img;
             for (int64_t p = 0; p < HW; p++)
                 for (int c = 0; c < C; c++) d[c * HW + p] = s[p * C + c] * sc;
+        }
+        if (sh)
+            for (int64_t p = 0; p < HW; p++)
+                for (int c = 0; c < C; c++) d[c * HW + p] = (d[c * HW + p] - sh[p * C + c]) * mu[p * C + c];
+    }
+}
+
+void Network::set_input_norm(const std::vector<float>& shift, const std::vector<float>& mult) {
+    const size_t img = size_t(H_) * W_ * C_;
+    if (shift.empty() && mult.empty()) {
+        in_shift_.clear();
+        in_mult_.clear();
+        return;
+    }
+    if (shift.size() != img || mult.size() != img)
+        throw std::invalid_argument("input normalization needs height*width*channels = " +
+                                    std::to_string(img) + " values for shift and mult, got " +
+                                    std::to_string(shift.size()) + " and " + std::to_string(mult.size()));
+    for (size_t e = 0; e < img; e++)
+        if (!std::isfinite(shift[e]) || !std::isfinite(mult[e]))
+            throw std::invalid_argument("input normalization values must be finite");
+    in_shift_ = shift;
+    in_mult_ = mult;
+}
+
+void Network::population_stats(const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk) {
+    omp_set_num_threads(n_threads_);
+    if (m < 1) throw std::invalid_argument("population statistics need at least one image");
+    chunk = std::max<int64_t>(1, std::min(chunk, m));
+    ensure_buffers(chunk);
+    // per batch norm layer: sum over chunks of M_b * mean_b and M_b * (var_b + mean_b^2), in double
+    std::vector<std::vector<double>> acc(layers_.size());
+    for (size_t l = 0; l < layers_.size(); l++)
+        if (layers_[l].spec.type == LayerType::BatchNorm) acc[l].assign(size_t(2 * layers_[l].inC), 0.0);
+    std::vector<int64_t> ids(static_cast<size_t>(chunk));
+    for (int64_t s = 0; s < m; s += chunk) {
+        const int64_t B = std::min(chunk, m - s);
+        for (int64_t i = 0; i < B; i++) ids[size_t(i)] = idx ? idx[s + i] : s + i;
+        load_batch(acts_[0].data(), X, ids.data(), B);
+        forward(B, true, false);
+        for (size_t l = 0; l < layers_.size(); l++) {
+            if (acc[l].empty()) continue;
+            const Layer& L = layers_[l];
+            const float* mean = stats_[l].data();
+            const float* rstd = mean + L.inC;
+            const double Mb = double(B) * L.inH * L.inW;
+            for (int c = 0; c < L.inC; c++) {
+                const double var = 1.0 / (double(rstd[c]) * rstd[c]) - L.spec.eps;
+                acc[l][size_t(c)] += Mb * mean[c];
+                acc[l][size_t(L.inC + c)] += Mb * (var + double(mean[c]) * mean[c]);
+            }
+        }
+    }
+    for (size_t l = 0; l < layers_.size(); l++) {
+        if (acc[l].empty()) continue;
+        const Layer& L = layers_[l];
+        const double M = double(m) * L.inH * L.inW;
+        float* rmean = running_.data() + L.run_off;
+        float* rvar = rmean + L.inC;
+        for (int c = 0; c < L.inC; c++) {
+            const double mean = acc[l][size_t(c)] / M;
+            const double var = std::max(0.0, acc[l][size_t(L.inC + c)] / M - mean * mean);
+            rmean[c] = float(mean);
+            rvar[c] = float(M > 1 ? var * M / (M - 1) : var);
         }
     }
 }

@@ -78,6 +78,17 @@ class Network {
     // statistics (inference), in chunks of `chunk` images; out: (m, n_classes).
     void predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk);
 
+    // Input normalization fitted in Python (MATLAB's imageInputLayer 'zerocenter' / 'zscore'):
+    // load_batch gives (x * input_scale - shift[e]) * mult[e] for each element e of an (H, W, C)
+    // image. Both empty: none (x * input_scale only).
+    void set_input_norm(const std::vector<float>& shift, const std::vector<float>& mult);
+    const std::vector<float>& input_shift() const { return in_shift_; }
+    const std::vector<float>& input_mult() const { return in_mult_; }
+    // MATLAB's BatchNormalizationStatistics 'population': one training-mode pass over the m images
+    // X[idx[i]] in chunks; each batch norm layer's running mean / variance becomes the exact
+    // mean / unbiased variance of its input over all of them (pooled from the per-chunk moments).
+    void population_stats(const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk);
+
     // Frees the activation buffers (hundreds of MB for big batches); they come back on demand.
     void release_buffers();
     void set_adam(const AdamConfig& c) { adam_ = c; }
@@ -120,10 +131,11 @@ class Network {
     int H_, W_, C_, K_;
     int n_threads_;
     float input_scale_;
-    int64_t P_ = 0;               // number of trainable parameters
-    std::vector<float> mem_;      // params | grads | adam m | adam v (one allocation)
-    std::vector<float> running_;  // batch norm running statistics
-    int64_t step_ = 0;            // Adam time step
+    std::vector<float> in_shift_, in_mult_;  // (H, W, C) each, or empty (set_input_norm)
+    int64_t P_ = 0;                          // number of trainable parameters
+    std::vector<float> mem_;                 // params | grads | adam m | adam v (one allocation)
+    std::vector<float> running_;             // batch norm running statistics
+    int64_t step_ = 0;                       // Adam time step
     AdamConfig adam_;
     // activation buffers for the current batch size
     int64_t cap_ = 0;

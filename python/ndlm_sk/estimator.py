@@ -78,8 +78,10 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         Mini-batch size (clipped to the number of training images).
     max_iter : int, default=100
         Maximum number of epochs.
-    shuffle : bool, default=True
-        Shuffle the training images before every epoch.
+    shuffle : bool or "once", default=True
+        True: a new order of the training images every epoch. "once": one random order, drawn
+        before training and kept for every epoch (MATLAB trainingOptions' default 'once').
+        False: the order given.
     random_state : int, RandomState or None
         Seeds the weights, the shuffling and the validation split. The same seed and n_jobs give a
         bit-identical fitted model.
@@ -102,6 +104,23 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         Train on a random symmetry of each image (flips and, for square images, 90-degree
         rotations: the 8 symmetries of the square), drawn anew for every image in every epoch.
         A cell's class does not depend on its orientation on the slide. Not in the paper.
+    input_normalization : {"none", "zerocenter", "zscore"}, default="none"
+        What the first layer sees, after ``input_scale``: the values as they are ("none"), minus
+        the mean training image ("zerocenter", MATLAB imageInputLayer's default), or minus the mean
+        and divided by the standard deviation ("zscore"; a zero deviation divides by 1). The mean
+        and deviation are fitted state (``input_mean_``, ``input_std_``), computed in one pass over
+        the training images (excluding the early-stopping hold-out) by ``fit``, and by the first
+        ``partial_fit`` call from its X; later ``partial_fit`` calls and ``warm_start`` fits keep them.
+        They are applied per mini-batch in the C++ core and exported to ONNX.
+    normalization_dimension : {"element", "channel"}, default="element"
+        "element": one mean (and deviation) per pixel and channel, an image of them (MATLAB's
+        'auto' for 2-D images); "channel": one per channel over all pixels.
+    batchnorm_statistics : {"moving", "population"}, default="moving"
+        The batch-norm mean and variance used at inference. "moving": the running averages
+        updated during training. "population" (MATLAB trainNetwork's default): after training, one
+        more training-mode pass over the training images sets each batch-norm layer's statistics
+        to the exact mean and variance of its input over all of them. ``partial_fit`` does this over
+        each call's X at the end of the call.
 
     Attributes
     ----------
@@ -142,6 +161,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         n_jobs=None,
         predict_batch_size=32,
         augment=False,
+        input_normalization="none",
+        normalization_dimension="element",
+        batchnorm_statistics="moving",
     ):
         self.architecture = architecture
         self.image_shape = image_shape
@@ -164,6 +186,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.predict_batch_size = predict_batch_size
         self.augment = augment
+        self.input_normalization = input_normalization
+        self.normalization_dimension = normalization_dimension
+        self.batchnorm_statistics = batchnorm_statistics
 
     # ------------------------------------------------------------------ input checking
     def _validate_X(self, X, reset):
@@ -251,6 +276,20 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
         if not (isinstance(self.input_scale, (int, float, np.number)) and np.isfinite(self.input_scale)):
             raise ValueError(f"input_scale must be a finite number, got {self.input_scale!r}")
+        choices = {
+            "input_normalization": ("none", "zerocenter", "zscore"),
+            "normalization_dimension": ("element", "channel"),
+            "batchnorm_statistics": ("moving", "population"),
+        }
+        for name, allowed in choices.items():
+            v = getattr(self, name)
+            if not (isinstance(v, str) and v in allowed):
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {v!r}")
+        shuffle_ok = isinstance(self.shuffle, (bool, np.bool_)) or (
+            isinstance(self.shuffle, str) and self.shuffle == "once"
+        )
+        if not shuffle_ok:
+            raise ValueError(f"shuffle must be True, False or 'once', got {self.shuffle!r}")
 
     # ------------------------------------------------------------------ the core network
     def _build_network(self, seed):
@@ -383,6 +422,11 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             self.validation_scores_ = []
             self.best_validation_score_ = -np.inf
 
+        if not continuing:
+            self._fit_input_normalization(X, train_idx)
+        else:  # kept from the first fit; raises if the parameter changed since
+            self._apply_input_normalization()
+
         epochs = 1 if incremental else self.max_iter
         keep_best = self.early_stopping and Xv is not None and not incremental
         try:
@@ -426,11 +470,65 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             self._best_state = None
             if not incremental:  # a loop of partial_fit calls reuses the mini-batch buffers
                 self._net.release_buffers()
+        if self.batchnorm_statistics == "population":  # of the kept (best) weights
+            self._net.population_stats(X, np.ascontiguousarray(train_idx, dtype=np.int64), chunk=int(self.batch_size))
+            if not incremental:
+                self._net.release_buffers()
         return self
+
+    # ------------------------------------------------------------------ input normalization
+    def _fit_input_normalization(self, X, train_idx, chunk=256):
+        """Mean (and deviation) of ``X[train_idx] * input_scale``: one pass, a float64 copy of one
+        chunk of images at a time (never of X), chunks merged with Chan et al.'s pairwise formula."""
+        self.input_mean_ = self.input_std_ = None
+        if self.input_normalization != "none":
+            axes = (0,) if self.normalization_dimension == "element" else (0, 1, 2)
+            n, mean, m2 = 0, 0.0, 0.0
+            for s in range(0, len(train_idx), chunk):
+                xb = X[train_idx[s : s + chunk]].astype(np.float64) * float(self.input_scale)
+                nb = xb.size // int(np.prod([xb.shape[a] for a in range(1, 4) if a not in axes]))
+                mb = xb.mean(axis=axes)
+                m2b = ((xb - mb) ** 2).sum(axis=axes)
+                delta = mb - mean
+                mean = mean + delta * nb / (n + nb)
+                m2 = m2 + m2b + delta**2 * n * nb / (n + nb)
+                n += nb
+            self.input_mean_ = np.asarray(mean, dtype=np.float32)
+            if self.input_normalization == "zscore":
+                std = np.sqrt(m2 / n)
+                self.input_std_ = np.where(std > 0, std, 1.0).astype(np.float32)
+        self._apply_input_normalization()
+
+    def _apply_input_normalization(self):
+        """Hand the fitted mean / deviation to the core, broadcast to one (H, W, C) image."""
+        mean, std = getattr(self, "input_mean_", None), getattr(self, "input_std_", None)
+        if (self.input_normalization == "none") != (mean is None) or (mean is None and std is not None):
+            raise ValueError(
+                f"input_normalization={self.input_normalization!r} but input_mean_ is {mean!r:.80} "
+                "(a warm start or partial_fit keeps the normalization of the first fit)"
+            )
+        if mean is None:
+            self._net.input_norm = (np.zeros(0, np.float32), np.zeros(0, np.float32))
+            return
+        shape = self.image_shape_ if self.normalization_dimension == "element" else self.image_shape_[2:]
+        for name, a in (("input_mean_", mean), ("input_std_", std)):
+            if a is None and name == "input_std_" and self.input_normalization == "zerocenter":
+                continue
+            if not isinstance(a, np.ndarray) or a.shape != tuple(shape) or not np.all(np.isfinite(a)):
+                raise ValueError(f"{name} must be a finite array of shape {tuple(shape)}, got {a!r:.80}")
+        if self.input_normalization == "zscore" and not np.all(std > 0):
+            raise ValueError("input_std_ must be positive")
+        if self.input_normalization == "zerocenter" and std is not None:
+            raise ValueError("input_std_ must be None with input_normalization='zerocenter'")
+        full = np.broadcast_to(mean, self.image_shape_).ravel()
+        mult = np.ones_like(full) if std is None else 1.0 / np.broadcast_to(std, self.image_shape_).ravel()
+        self._net.input_norm = (np.ascontiguousarray(full, np.float32), np.ascontiguousarray(mult, np.float32))
 
     def _run_epoch(self, X, y_enc, train_idx):
         n = len(train_idx)
-        if self.shuffle:
+        if isinstance(self.shuffle, str):  # "once": the same order every epoch
+            order = train_idx[np.random.default_rng([self._seed, 0, 2]).permutation(n)]
+        elif self.shuffle:
             # derived from (seed, epoch): reproducible, and nothing but two ints to pickle
             order = train_idx[np.random.default_rng([self._seed, self.n_iter_]).permutation(n)]
         else:
@@ -530,3 +628,4 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
                     "the saved layer stack (layers_) does not match the one the architecture parameter builds"
                 )
             self._net.set_state(net_state)
+            self._apply_input_normalization()

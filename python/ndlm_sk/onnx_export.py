@@ -1,6 +1,6 @@
 """Export a fitted :class:`~ndlm_sk.NDLMClassifier` to a standard ONNX model.
 
-The graph is built with the ``onnx`` package from standard operators only (``Cast``, ``Mul``,
+The graph is built with the ``onnx`` package from standard operators only (``Cast``, ``Mul``, ``Sub``,
 ``Transpose``, ``BatchNormalization``, ``LRN``, ``Conv``, ``Relu``, ``MaxPool``, ``Flatten``,
 ``Gemm``, ``Unsqueeze``, ``Softmax``, ``ArgMax``, ``Gather``), opset 17 and IR version 8, so any
 runtime that implements opset 17 runs it (onnxruntime 1.16 or newer).
@@ -9,8 +9,9 @@ Inputs and outputs
 ------------------
 - ``images``: ``(N, H, W, C)`` with a dynamic batch size ``N``; ``uint8`` (default) or
   ``float32`` (``input_dtype="float32"``). Inside the graph the values are cast to float32,
-  multiplied by the estimator's ``input_scale`` and transposed to NCHW, exactly as
-  ``predict_proba`` does.
+  multiplied by the estimator's ``input_scale``, transposed to NCHW and, with an
+  ``input_normalization``, centred (``Sub`` of ``input_mean_``) and scaled (``Mul`` by
+  ``1 / input_std_``), exactly as ``predict_proba`` does.
 - ``label``: ``(N,)`` the predicted class itself, as ``predict`` returns it: a string tensor
   when ``classes_`` are strings, int64 for integer classes, double for float classes, bool for
   boolean classes.
@@ -140,6 +141,18 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
         x = node("Cast", [x], "cast", to=TensorProto.FLOAT)
     x = node("Mul", [x, const("input_scale", np.array(scale, dtype=np.float32))], "scaled")
     x = node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+    # input normalization (fitted mean / deviation), as load_batch: (x - shift) * mult
+    if getattr(estimator, "input_normalization", "none") != "none":
+        as_nchw = (
+            (lambda a: a.reshape(1, c, 1, 1))
+            if estimator.normalization_dimension == "channel"
+            else (lambda a: a.reshape(1, h, w, c).transpose(0, 3, 1, 2))
+        )
+        mean = as_nchw(np.asarray(estimator.input_mean_, dtype=np.float32))
+        x = node("Sub", [x, const("input_mean", np.ascontiguousarray(mean))], "centered")
+        if estimator.input_std_ is not None:
+            mult = as_nchw((1.0 / np.asarray(estimator.input_std_, dtype=np.float32)).astype(np.float32))
+            x = node("Mul", [x, const("input_inv_std", np.ascontiguousarray(mult))], "standardized")
     rank = 4
     unsqueeze_axes = None
 
