@@ -828,3 +828,65 @@ def test_ndlm_preset_parameter_count_and_shapes():
     assert net.layers[1] == {"type": "lrn", "size": 5, "alpha": pytest.approx(1e-4), "beta": 0.75, "k": 2.0}
     assert net.layers[6] == {"type": "maxpool", "pool": 5, "stride": 5}
     assert net.layers[8]["units"] == 5
+
+
+def test_set_layer_params_is_all_or_nothing():
+    a, _, _ = _train(31, 1, steps=1)
+    before = a.layer_params()
+    new = [{k: v + 1.0 for k, v in p.items()} for p in before]  # every layer valid ...
+    last = max(i for i, p in enumerate(new) if p)
+    new[last]["bias"] = np.zeros(new[last]["bias"].size + 1)  # ... but the last one
+    with pytest.raises(ValueError, match=f"layer {last} bias"):
+        a.set_layer_params(new)
+    new[last] = {"no_such_array": np.zeros(1)}
+    with pytest.raises(ValueError, match="no parameter 'no_such_array'"):
+        a.set_layer_params(new)
+    for p0, p1 in zip(before, a.layer_params()):  # nothing was written, not even the valid layers
+        for k in p0:
+            np.testing.assert_array_equal(p0[k], p1[k], err_msg=k)
+
+
+def test_accessors_never_see_a_train_step_half_done():
+    # Every snapshot taken while another thread trains (train_step runs without the GIL) must be
+    # the state after some whole number of steps: the accessors take the network's lock.
+    # (Against the previous build, whose layer_params took no lock, it failed 2 runs of 8.)
+    import threading
+
+    # many parameters, one image: the Adam update is a good part of each step
+    stack, shape, steps = [{"type": "batchnorm"}, _fc()], (128, 128, 3), 40
+    rng = _rng("lock-data")
+    X = rng.integers(0, 256, (2,) + shape, dtype=np.uint8)
+    y = rng.integers(0, DET_K, 2).astype(np.int32)
+
+    def snapshots(net):
+        params = net.get_state()["params"].tobytes()
+        arrays = np.concatenate([a.ravel() for p in net.layer_params() for a in p.values()]).tobytes()
+        return params, arrays
+
+    def run(net, after_step=None):
+        for _ in range(steps):
+            net.train_step(X, np.arange(2), y)
+            if after_step:
+                after_step(net)
+
+    def new_net():
+        net = make_net(stack, shape, DET_K, seed=5, threads=1, scale=1 / 255)
+        net.set_optimizer(1e-3, 0.9, 0.999, 1e-8, 1e-4)
+        return net
+
+    ref = new_net()
+    whole = [snapshots(ref)]
+    run(ref, lambda n: whole.append(snapshots(n)))
+    whole_params, whole_arrays = {w[0] for w in whole}, {w[1] for w in whole}
+
+    net = new_net()
+    t = threading.Thread(target=run, args=(net,))
+    t.start()
+    seen = []
+    while t.is_alive():
+        seen.append(snapshots(net))
+    t.join()
+    assert len(seen) >= 2
+    for params, arrays in seen:
+        assert params in whole_params
+        assert arrays in whole_arrays
