@@ -17,20 +17,10 @@ namespace ndlm {
 
 static const char* type_name(LayerType t) {
     switch (t) {
-        case LayerType::BatchNorm:
-            return "batchnorm";
-        case LayerType::LRN:
-            return "lrn";
-        case LayerType::Conv:
-            return "conv";
-        case LayerType::ReLU:
-            return "relu";
-        case LayerType::MaxPool:
-            return "maxpool";
-        case LayerType::FC:
-            return "fc";
-        case LayerType::Softmax:
-            return "softmax";
+#define NDLM_LAYER(Enum, name, keys) \
+    case LayerType::Enum:            \
+        return name;
+#include "layer_types.def"
     }
     return "?";
 }

@@ -11,7 +11,11 @@
 
 namespace ndlm {
 
-enum class LayerType { BatchNorm, LRN, Conv, ReLU, MaxPool, FC, Softmax };
+// The layer types of layer_types.def
+enum class LayerType {
+#define NDLM_LAYER(Enum, name, keys) Enum,
+#include "layer_types.def"
+};
 
 struct LayerSpec {
     LayerType type = LayerType::ReLU;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <map>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 
@@ -13,19 +14,34 @@ namespace ndlm {
 namespace py_bindings {
 namespace {
 
-const std::map<std::string, LayerType> kTypes = {
-    {"batchnorm", LayerType::BatchNorm}, {"lrn", LayerType::LRN},         {"conv", LayerType::Conv},
-    {"relu", LayerType::ReLU},           {"maxpool", LayerType::MaxPool}, {"fc", LayerType::FC},
-    {"softmax", LayerType::Softmax}};
+#define NDLM_UNPAREN(...) __VA_ARGS__
+struct TypeInfo {
+    const char* name;
+    LayerType type;
+    std::set<std::string> keys;  // the settings its spec dict may have
+};
+const TypeInfo kTypeInfo[] = {
+#define NDLM_LAYER(Enum, name, keys) {name, LayerType::Enum, {NDLM_UNPAREN keys}},
+#include "layer_types.def"
+};
 
-const std::map<LayerType, std::set<std::string>> kKeys = {
-    {LayerType::BatchNorm, {"eps", "momentum"}},
-    {LayerType::LRN, {"size", "alpha", "beta", "k"}},
-    {LayerType::Conv, {"filters", "kernel", "stride", "padding"}},
-    {LayerType::ReLU, {}},
-    {LayerType::MaxPool, {"pool", "stride"}},
-    {LayerType::FC, {"units"}},
-    {LayerType::Softmax, {}}};
+const TypeInfo* find_type(const std::string& name) {
+    for (const TypeInfo& t : kTypeInfo)
+        if (name == t.name) return &t;
+    return nullptr;
+}
+
+const TypeInfo& info_of(LayerType type) {
+    for (const TypeInfo& t : kTypeInfo)
+        if (t.type == type) return t;
+    throw std::logic_error("layer type missing from layer_types.def");
+}
+
+std::string known_types() {
+    std::string s;
+    for (const TypeInfo& t : kTypeInfo) s += (s.empty() ? "" : ", ") + std::string(t.name);
+    return s;
+}
 
 [[noreturn]] void too_big(const std::string& where, const std::string& got) {
     throw py::value_error(where + " must be at most " + std::to_string(kMaxDim) + ", got " + got);
@@ -85,13 +101,12 @@ LayerSpec parse_spec(const py::handle& h, size_t i) {
     auto d = py::reinterpret_borrow<py::dict>(h);
     if (!d.contains("type")) throw py::value_error(where + ": missing 'type'");
     const std::string t = py::str(d["type"]).cast<std::string>();
-    auto it = kTypes.find(t);
-    if (it == kTypes.end())
-        throw py::value_error(where + ": unknown layer type '" + t +
-                              "' (known: batchnorm, lrn, conv, relu, maxpool, fc, softmax)");
+    const TypeInfo* info = find_type(t);
+    if (!info)
+        throw py::value_error(where + ": unknown layer type '" + t + "' (known: " + known_types() + ")");
     LayerSpec s;
-    s.type = it->second;
-    const auto& allowed = kKeys.at(s.type);
+    s.type = info->type;
+    const auto& allowed = info->keys;
     for (auto kv : d) {
         const std::string key = py::str(kv.first).cast<std::string>();
         if (key == "type") continue;
@@ -147,8 +162,7 @@ LayerSpec parse_spec(const py::handle& h, size_t i) {
 
 py::dict spec_to_dict(const LayerSpec& s) {
     py::dict d;
-    for (auto& kv : kTypes)
-        if (kv.second == s.type) d["type"] = kv.first;
+    d["type"] = info_of(s.type).name;
     switch (s.type) {
         case LayerType::BatchNorm:
             d["eps"] = s.eps;
