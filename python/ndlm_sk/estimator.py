@@ -97,7 +97,8 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         Continue from the previous fit (weights and Adam state) instead of starting over.
     n_jobs : int or None, default=None
-        OpenMP threads of the C++ core; None uses OpenMP's default (OMP_NUM_THREADS or all cores).
+        OpenMP threads of the C++ core; None uses OpenMP's default (OMP_NUM_THREADS or all cores),
+        except inside a Dask worker's task, where it is 1 (see :mod:`ndlm_sk.distributed`).
     predict_batch_size : int, default=32
         Images per chunk at inference (bounds the memory predict uses).
     augment : bool, default=False
@@ -244,7 +245,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
 
     def _threads(self):
         if self.n_jobs is None:
-            return int(_core.max_threads())
+            from .distributed import worker_threads  # in a Dask worker: one thread per task
+
+            return worker_threads() or int(_core.max_threads())
         n = self.n_jobs
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n == 0 or not -1024 <= n <= 1024:
             raise ValueError(f"n_jobs must be None or a non-zero integer in [-1024, 1024], got {n!r}")
