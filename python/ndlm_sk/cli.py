@@ -468,9 +468,56 @@ def _setup_reproduce(sub):
     p.add_argument(
         "--threads", type=int, default=None, help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)"
     )
-    p.add_argument("--architecture", default="ndlm", metavar="PRESET", help="layer stack preset (default: ndlm)")
+    p.add_argument(
+        "--architecture",
+        default="ndlm",
+        metavar="PRESET",
+        help="layer stack preset, or cdfl / ddfl: Table III's two-network models, two differently seeded "
+        "branches whose probabilities are averaged (default: ndlm)",
+    )
     _add_augment_flag(p)
+    _add_matlab_flags(p)
     p.set_defaults(run=_run_reproduce)
+
+
+def _add_matlab_flags(p):
+    """MATLAB's defaults as options (NDLMClassifier parameters of the same names)."""
+    g = p.add_argument_group("MATLAB defaults (ndlm_sk's defaults keep today's behaviour)")
+    g.add_argument(
+        "--input-normalization",
+        choices=["none", "zerocenter", "zscore"],
+        default="none",
+        help="subtract the mean training image (zerocenter, MATLAB's default) and divide by the deviation (zscore)",
+    )
+    g.add_argument(
+        "--normalization-dimension",
+        choices=["element", "channel"],
+        default="element",
+        help="one mean per pixel and channel (element) or per channel (default: element)",
+    )
+    g.add_argument(
+        "--batchnorm-statistics",
+        choices=["moving", "population"],
+        default="moving",
+        help="batch-norm statistics at inference: running averages, or exact ones from one more pass over "
+        "the training images (population, MATLAB's default)",
+    )
+    g.add_argument(
+        "--shuffle",
+        choices=["every-epoch", "once", "never"],
+        default="every-epoch",
+        help="training order: new every epoch (default), one shuffle before training (once, MATLAB's default), "
+        "or as loaded",
+    )
+
+
+def _matlab_options(args):
+    return {
+        "input_normalization": args.input_normalization,
+        "normalization_dimension": args.normalization_dimension,
+        "batchnorm_statistics": args.batchnorm_statistics,
+        "shuffle": {"every-epoch": True, "once": "once", "never": False}[args.shuffle],
+    }
 
 
 def _run_reproduce(args):
@@ -492,6 +539,7 @@ def _run_reproduce(args):
         architecture=args.architecture,
         augment=args.augment,
         log=lambda msg: print(msg, flush=True),
+        **_matlab_options(args),
     )
     return 0
 

@@ -196,11 +196,22 @@ def save_model(estimator, path):
         A path is written atomically (a temporary file in the same folder, then renamed).
     """
     from .estimator import NDLMClassifier
+    from .table3 import CoupledNDLM
 
-    if not isinstance(estimator, NDLMClassifier):
-        raise TypeError(f"save_model saves an NDLMClassifier, got {type(estimator).__name__}")
+    if isinstance(estimator, CoupledNDLM):  # Table III's two-network models: the branches' states
+        raw = {
+            "n_networks": estimator.n_networks,
+            "random_state": estimator.random_state,
+            "estimator": None if estimator.estimator is None else estimator.estimator.__getstate__(),
+        }
+        if hasattr(estimator, "estimators_"):
+            raw["branches"] = [b.__getstate__() for b in estimator.estimators_]
+    elif isinstance(estimator, NDLMClassifier):
+        raw = estimator.__getstate__()
+    else:
+        raise TypeError(f"save_model saves an NDLMClassifier or a CoupledNDLM, got {type(estimator).__name__}")
     arrays = {}
-    state = _encode(estimator.__getstate__(), arrays, "state")
+    state = _encode(raw, arrays, "state")
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -298,8 +309,9 @@ def load_model(path):
                 f"{header.get('library_version', '?')}); this ndlm_sk ({_library_version()}) reads "
                 f"format version {FORMAT_VERSION} only"
             )
-        if header.get("estimator") != NDLMClassifier.__name__:
-            raise _bad(shown, f"it holds a {header.get('estimator')!r}, not an NDLMClassifier")
+        kind = header.get("estimator")
+        if kind not in (NDLMClassifier.__name__, "CoupledNDLM"):
+            raise _bad(shown, f"it holds a {kind!r}, not an NDLMClassifier or a CoupledNDLM")
         decl = header.get("arrays")
         if not isinstance(decl, dict):
             raise _bad(shown, "header.json lacks the array table")
@@ -329,6 +341,40 @@ def load_model(path):
             raise _bad(shown, str(e)) from None
     if not isinstance(state, dict):
         raise _bad(shown, "the state is not an object")
+    if kind == "CoupledNDLM":
+        return _coupled_from_state(state, shown)
+    return _ndlm_from_state(state, shown)
+
+
+def _coupled_from_state(state, shown):
+    from .table3 import CoupledNDLM
+
+    est = CoupledNDLM(
+        None if state.get("estimator") is None else _ndlm_from_state(state["estimator"], shown),
+        n_networks=state.get("n_networks"),
+        random_state=state.get("random_state"),
+    )
+    try:
+        est._template()  # the parameters' checks
+    except ValueError as e:
+        raise _bad(shown, str(e)) from None
+    if "branches" in state:
+        branches = state["branches"]
+        if not isinstance(branches, list) or len(branches) != est.n_networks:
+            raise _bad(shown, f"a CoupledNDLM of {est.n_networks} networks needs as many branch states")
+        est.estimators_ = [_ndlm_from_state(b, shown) for b in branches]
+        classes = [b.classes_ for b in est.estimators_]
+        if any(not np.array_equal(c, classes[0]) for c in classes):
+            raise _bad(shown, "the branches have different classes_")
+        est.classes_ = classes[0]
+    return est
+
+
+def _ndlm_from_state(state, shown):
+    from .estimator import NDLMClassifier
+
+    if not isinstance(state, dict):
+        raise _bad(shown, "an estimator state is not an object")
     _check_state(state, shown)
     est = NDLMClassifier.__new__(NDLMClassifier)
     try:

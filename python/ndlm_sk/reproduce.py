@@ -17,17 +17,16 @@ import numpy as np
 from .datasets import load_pbc, split_indices
 from .report import classification_report_ndlm, write_report
 
-CHECKPOINT = "checkpoint.joblib"
-BEST = "best_model.joblib"
+CHECKPOINT = "checkpoint.ndlm"
+BEST = "best_model.ndlm"
 HISTORY = "history.json"
-
-
-def _atomic_dump(obj, path):
-    import joblib
-
-    tmp = f"{path}.tmp"
-    joblib.dump(obj, tmp)
-    os.replace(tmp, path)
+#: MATLAB-default options (see NDLMClassifier) and their ndlm_sk defaults, as reproduce passes them
+MATLAB_OPTIONS = {
+    "input_normalization": "none",
+    "normalization_dimension": "element",
+    "batchnorm_statistics": "moving",
+    "shuffle": True,
+}
 
 
 def _atomic_json(doc, path):
@@ -56,16 +55,23 @@ def reproduce(
     augment=False,
     cache_dir=None,
     log=print,
+    **options,
 ):
     """Run (or resume) the paper's experiment; returns the test report dict.
 
     Model selection keeps the weights of the epoch with the best validation accuracy (MATLAB's
     "best validation" output network); with ``patience``, training also stops once the validation
     accuracy has not improved for that many epochs. The test part is evaluated once, at the end.
+    ``options`` are MATLAB_OPTIONS (NDLMClassifier parameters). ``architecture`` "cdfl" and "ddfl"
+    train Table III's two-network models (:mod:`ndlm_sk.table3`). Models are saved as ``.ndlm``.
     """
-    import joblib
+    from .model_io import load_model, save_model
+    from .table3 import make_table3_model
 
-    from .estimator import NDLMClassifier
+    unknown = set(options) - set(MATLAB_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}; known: {sorted(MATLAB_OPTIONS)}")
+    options = {**MATLAB_OPTIONS, **options}
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +86,7 @@ def reproduce(
         "architecture": architecture,
         "augment": bool(augment),
         "split": [0.5, 0.25, 0.25],
+        **options,
     }
 
     t0 = time.perf_counter()
@@ -104,12 +111,13 @@ def reproduce(
     if ckpt_path.exists() and hist_path.exists():
         history = json.loads(hist_path.read_text())
         fixed = ("data", "image_size", "batch_size", "seed", "threads", "architecture", "split", "augment")
-        if any(history["config"].get(k, False if k == "augment" else None) != config[k] for k in fixed):
+        defaults = {"augment": False, **MATLAB_OPTIONS}
+        if any(history["config"].get(k, defaults.get(k)) != config[k] for k in fixed + tuple(MATLAB_OPTIONS)):
             raise ValueError(
                 f"{out} holds a run with another configuration {history.get('config')}; use another --out folder"
             )
         history["config"] = config  # epochs / patience may change: a run can be extended
-        clf = joblib.load(ckpt_path)
+        clf = load_model(ckpt_path)
         log(f"resuming after epoch {clf.n_iter_} (checkpoint {ckpt_path})")
     else:
         history = {
@@ -123,7 +131,7 @@ def reproduce(
             "best_epoch": None,
             "stopped": None,
         }
-        clf = NDLMClassifier(
+        clf = make_table3_model(
             architecture,
             batch_size=batch_size,
             max_iter=1,
@@ -131,6 +139,7 @@ def reproduce(
             random_state=seed,
             n_jobs=threads,
             augment=augment,
+            **options,
         )
 
     classes = np.unique(y_tr)
@@ -163,10 +172,10 @@ def reproduce(
         if improved:
             best, since_best = val_acc, 0
             history["best_epoch"] = e
-            _atomic_dump(clf, best_path)
+            save_model(clf, best_path)
         else:
             since_best += 1
-        _atomic_dump(clf, ckpt_path)
+        save_model(clf, ckpt_path)
         _atomic_json(history, hist_path)
         left = (epochs - e) * np.mean(history["epoch_seconds"])
         log(
@@ -182,7 +191,7 @@ def reproduce(
     )
     _atomic_json(history, hist_path)
 
-    best_clf = joblib.load(best_path)
+    best_clf = load_model(best_path)
     t_pred = time.perf_counter()
     y_pred = best_clf.predict(X_te)  # the test part, used once
     pred_s = time.perf_counter() - t_pred
@@ -211,6 +220,6 @@ def reproduce(
     write_report(out, report, history=history, extra=extra)
     import shutil
 
-    shutil.copyfile(best_path, out / "model.joblib")
+    shutil.copyfile(best_path, out / "model.ndlm")
     log(f"test accuracy {report['accuracy']:.2f}% (paper: 96.19%); report in {out}")
     return report
