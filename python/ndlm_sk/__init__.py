@@ -12,6 +12,7 @@ _LAZY = {
     "simd_level": ("_core", "simd_level"),
     "to_onnx": ("onnx_export", "to_onnx"),
     "save_model": ("model_io", "save_model"),
+    "differential": ("smear", "differential"),
     "load_model": ("model_io", "load_model"),
 }
 __all__ = sorted(_LAZY) + ["__version__"]
