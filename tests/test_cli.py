@@ -85,6 +85,10 @@ def test_train_joblib_other_architecture_and_folder(workdir, image_folder):
             "--seed",
             "3",
             "--augment",
+            "--input-normalization",
+            "zerocenter",
+            "--shuffle",
+            "once",
             "--data",
             image_folder,
             "--save",
@@ -94,6 +98,7 @@ def test_train_joblib_other_architecture_and_folder(workdir, image_folder):
     assert "Loaded 6 images of 2 classes" in out  # load_pbc reads <class>/<file> only
     clf = joblib.load(path)
     assert isinstance(clf, NDLMClassifier) and clf.architecture == "dfcn" and clf.augment is True
+    assert clf.input_normalization == "zerocenter" and clf.shuffle == "once" and clf.input_mean_.shape == (32, 32, 3)
     assert list(clf.classes_) == ["basophil", "monocyte"]
 
 

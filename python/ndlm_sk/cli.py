@@ -195,6 +195,7 @@ def _setup_train(sub):
         help="a preset (ndlm, ndel, dfcn, dl, dftl, cdfl) or a JSON file with a list of layers (default: ndlm)",
     )
     _add_augment_flag(p)
+    _add_matlab_flags(p)
     p.add_argument("--save", metavar="MODEL", help="save the fitted model: MODEL.ndlm (safe format) or MODEL.joblib")
     p.add_argument("--verbose", action="store_true", help="print one line per epoch")
     p.set_defaults(run=_run_train)
@@ -234,6 +235,7 @@ def _run_train(args):
         n_jobs=args.threads,
         augment=args.augment,
         verbose=args.verbose,
+        **_matlab_options(args),
     )
     t0 = time.perf_counter()
     with warnings.catch_warnings():
