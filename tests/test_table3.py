@@ -2,6 +2,7 @@
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,37 @@ def test_cli_reproduce_ddfl_with_matlab_flags(tmp_path, monkeypatch, capsys):
     model = load_model(out / "model.ndlm")
     assert isinstance(model, CoupledNDLM) and model.estimators_[1].architecture == "dl"
     assert model.estimators_[0].input_std_.shape == (3,)
+
+
+def test_reproduce_model_seed_and_validation_only_run(tmp_path):
+    kw = dict(image_size=16, batch_size=32, threads=1, cache_dir=tmp_path / "cache", log=lambda m: None, epochs=1)
+    a = reproduce(pbc_sample_path(), tmp_path / "a", model_seed=3, test=False, **kw)
+    assert a["config"]["seed"] == 0 and a["config"]["model_seed"] == 3 and "accuracy" not in a
+    assert not (tmp_path / "a" / "model.ndlm").exists() and (tmp_path / "a" / "validation.json").exists()
+    reproduce(pbc_sample_path(), tmp_path / "b", model_seed=4, test=False, **kw)
+    wa = load_model(tmp_path / "a" / "best_model.ndlm")._net.get_state()
+    wb = load_model(tmp_path / "b" / "best_model.ndlm")._net.get_state()
+    assert any(not np.array_equal(wa[k], wb[k]) for k in wa)  # another model seed, another model on the same split
+    with pytest.raises(ValueError, match="another configuration"):
+        reproduce(pbc_sample_path(), tmp_path / "a", model_seed=4, test=False, **kw)
+
+
+def test_ablation_script_on_the_sample(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    out = tmp_path / "abl"
+    argv = ["--data", str(pbc_sample_path()), "--out", str(out), "--epochs", "1", "--image-size", "16"]
+    ablation.main(argv + ["--settings", "ndlm_sk-defaults", "zerocenter"])
+    doc = json.loads((out / "results.json").read_text())
+    assert {(r["setting"], r["model_seed"]) for r in doc["runs"]} == {
+        ("ndlm_sk-defaults", 0),
+        ("ndlm_sk-defaults", 1),
+        ("zerocenter", 0),
+        ("zerocenter", 1),
+    }
+    assert doc["chosen"] in ("ndlm_sk-defaults", "zerocenter")
+    assert "test part" in (out / "results.md").read_text() and "chosen on validation" in capsys.readouterr().out

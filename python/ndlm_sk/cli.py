@@ -469,6 +469,18 @@ def _setup_reproduce(sub):
     p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the model (default: 0)")
     p.add_argument(
+        "--model-seed",
+        type=int,
+        default=None,
+        help="seed of the model (initialization, shuffling) when it should differ from the split's (default: --seed)",
+    )
+    p.add_argument(
+        "--no-test",
+        dest="test",
+        action="store_false",
+        help="do not predict the test part: for runs that choose a configuration on validation data",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="threads of the C++ core (default: all cores or OMP_NUM_THREADS)"
     )
     p.add_argument(
@@ -538,9 +550,11 @@ def _run_reproduce(args):
         image_size=args.image_size,
         batch_size=args.batch_size,
         seed=args.seed,
+        model_seed=args.model_seed,
         threads=args.threads,
         architecture=args.architecture,
         augment=args.augment,
+        test=args.test,
         log=lambda msg: print(msg, flush=True),
         **_matlab_options(args),
     )

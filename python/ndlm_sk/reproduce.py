@@ -50,9 +50,11 @@ def reproduce(
     image_size=300,
     batch_size=128,
     seed=0,
+    model_seed=None,
     threads=None,
     architecture="ndlm",
     augment=False,
+    test=True,
     cache_dir=None,
     log=print,
     **options,
@@ -64,6 +66,10 @@ def reproduce(
     accuracy has not improved for that many epochs. The test part is evaluated once, at the end.
     ``options`` are MATLAB_OPTIONS (NDLMClassifier parameters). ``architecture`` "cdfl" and "ddfl"
     train Table III's two-network models (:mod:`ndlm_sk.table3`). Models are saved as ``.ndlm``.
+    ``seed`` seeds the split and, unless ``model_seed`` is given, the model (initialization and
+    shuffling): ``model_seed`` trains differently seeded models on one split. With ``test=False``
+    the test part is not predicted (runs that choose a configuration on validation data); the
+    returned dict then holds the validation results only.
     """
     from .model_io import load_model, save_model
     from .table3 import make_table3_model
@@ -72,6 +78,7 @@ def reproduce(
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}; known: {sorted(MATLAB_OPTIONS)}")
     options = {**MATLAB_OPTIONS, **options}
+    model_seed = seed if model_seed is None else int(model_seed)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,6 +89,7 @@ def reproduce(
         "image_size": int(image_size),
         "batch_size": int(batch_size),
         "seed": int(seed),
+        "model_seed": model_seed,
         "threads": threads,
         "architecture": architecture,
         "augment": bool(augment),
@@ -110,8 +118,9 @@ def reproduce(
     hist_path, ckpt_path, best_path = out / HISTORY, out / CHECKPOINT, out / BEST
     if ckpt_path.exists() and hist_path.exists():
         history = json.loads(hist_path.read_text())
-        fixed = ("data", "image_size", "batch_size", "seed", "threads", "architecture", "split", "augment")
-        defaults = {"augment": False, **MATLAB_OPTIONS}
+        fixed = ("data", "image_size", "batch_size", "seed", "model_seed", "threads", "architecture", "split")
+        fixed += ("augment",)
+        defaults = {"augment": False, "model_seed": history["config"].get("seed"), **MATLAB_OPTIONS}
         if any(history["config"].get(k, defaults.get(k)) != config[k] for k in fixed + tuple(MATLAB_OPTIONS)):
             raise ValueError(
                 f"{out} holds a run with another configuration {history.get('config')}; use another --out folder"
@@ -136,7 +145,7 @@ def reproduce(
             batch_size=batch_size,
             max_iter=1,
             warm_start=True,
-            random_state=seed,
+            random_state=model_seed,
             n_jobs=threads,
             augment=augment,
             **options,
@@ -190,6 +199,20 @@ def reproduce(
         else f"all {epochs} epochs"
     )
     _atomic_json(history, hist_path)
+    if not test:
+        summary = {
+            "config": config,
+            "epochs_run": n_done,
+            "best_epoch": history["best_epoch"],
+            "best_validation_accuracy": best,
+            "validation_images": int(len(va)),
+            "stopped": history["stopped"],
+            "training_wall_seconds": float(np.sum(history["epoch_seconds"])),
+            "test": "not predicted (validation-only run)",
+        }
+        _atomic_json(summary, out / "validation.json")
+        log(f"best validation accuracy {best:.4f} at epoch {history['best_epoch']}; test part not predicted")
+        return summary
 
     best_clf = load_model(best_path)
     t_pred = time.perf_counter()
