@@ -14,6 +14,7 @@ _LAZY = {
     "save_model": ("model_io", "save_model"),
     "differential": ("smear", "differential"),
     "load_model": ("model_io", "load_model"),
+    "evaluate_folder": ("evaluate", "evaluate_folder"),
 }
 __all__ = sorted(_LAZY) + ["__version__"]
 

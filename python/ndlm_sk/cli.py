@@ -5,6 +5,7 @@ Subcommands::
     ndlm-sk train [--data FOLDER] [--image-size 300] [--epochs 100] ... [--save MODEL]
     ndlm-sk export-onnx MODEL OUT.onnx [--input-dtype uint8|float32]
     ndlm-sk predict MODEL IMAGE_OR_FOLDER... [--format csv|table] [--image-size auto]
+    ndlm-sk evaluate MODEL LABELED_FOLDER [--out DIR]
     ndlm-sk count FOLDER --model MODEL [--out DIR] [--reference FILE.json] [--wbc X]
 
 Models are saved and loaded by file extension: ``.ndlm`` (:func:`ndlm_sk.save_model`, plain
@@ -567,7 +568,13 @@ def _setup_count(sub):
     setup_count(sub)
 
 
-_SUBCOMMANDS = [_setup_train, _setup_export_onnx, _setup_predict, _setup_reproduce, _setup_count]
+def _setup_evaluate(sub):
+    from .evaluate import setup_evaluate
+
+    setup_evaluate(sub)
+
+
+_SUBCOMMANDS = [_setup_train, _setup_export_onnx, _setup_predict, _setup_evaluate, _setup_reproduce, _setup_count]
 
 
 def build_parser():

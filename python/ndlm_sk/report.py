@@ -453,9 +453,13 @@ def plot_confusion_matrix(report, path, title="Confusion matrix"):
     return path
 
 
-def write_report(out_dir, report, history=None, extra=None):
+def write_report(
+    out_dir, report, history=None, extra=None, compare_with_paper=True, title="NDLM classification report"
+):
     """Write ``report.md``, ``report.json``, ``confusion_matrix.png`` and, with a ``history``,
     ``learning_curves.png`` into ``out_dir`` (created if needed).
+
+    ``compare_with_paper`` and ``title`` are passed to :func:`to_markdown`.
 
     ``report.json`` holds the report plus ``extra`` and ``history`` when given. Without
     matplotlib the PNGs are skipped with a warning (the Markdown and JSON are still written).
@@ -467,7 +471,9 @@ def write_report(out_dir, report, history=None, extra=None):
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     written["markdown"] = out / "report.md"
-    written["markdown"].write_text(to_markdown(report, extra=extra), encoding="utf-8")
+    written["markdown"].write_text(
+        to_markdown(report, compare_with_paper=compare_with_paper, title=title, extra=extra), encoding="utf-8"
+    )
     doc = dict(report)
     if extra:
         doc["extra"] = dict(extra)
