@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 from ndlm_sk import NDLMClassifier
+from ndlm_sk._fileio import atomic_write
 from ndlm_sk.datasets import load_pbc
 from ndlm_sk.report import classification_report_ndlm, to_markdown
 from sklearn.base import clone
@@ -75,9 +76,7 @@ def main():
                 "test_index": te.tolist(),
                 "pred": pred.tolist(),
             }
-            with open(path + ".tmp", "w") as f:
-                json.dump(r, f)
-            os.replace(path + ".tmp", path)
+            atomic_write(path, lambda f, r=r: json.dump(r, f), text=True)
             print(
                 f"fold {k}: accuracy {r['accuracy']:.4f} after {r['epochs']} epochs, {r['seconds']:.0f} s", flush=True
             )

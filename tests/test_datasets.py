@@ -526,3 +526,19 @@ def test_real_pbc_folder(tmp_path):
         print(f"\nreal PBC folder: first load {t_first:.1f} s, cached load {t_cached:.1f} s")
     finally:
         shutil.rmtree(cdir, ignore_errors=True)  # ~2.5 GB
+
+
+def test_read_image_rgb_and_grayscale(tmp_path):
+    """One reader for load_pbc, the CLI's predict and count: RGB or grayscale, resized as load_pbc."""
+    from ndlm_sk.datasets import read_image
+
+    path = _write_image(tmp_path / "a.png", size=(40, 36), fmt="PNG")
+    with Image.open(path) as im:
+        want_rgb = np.asarray(im.convert("RGB").resize((20, 24), BILINEAR, reducing_gap=None))
+        want_gray = np.asarray(im.convert("L").resize((20, 24), BILINEAR, reducing_gap=None))
+    np.testing.assert_array_equal(read_image(path, (24, 20)), want_rgb)
+    gray = read_image(path, (24, 20), channels=1)
+    assert gray.shape == (24, 20, 1) and gray.dtype == np.uint8
+    np.testing.assert_array_equal(gray[..., 0], want_gray)
+    with pytest.raises(ValueError, match="channels must be 1"):
+        read_image(path, 8, channels=4)

@@ -364,3 +364,93 @@ def test_save_is_atomic_and_rejects_other_objects(fitted, tmp_path):
     save_model(fitted, path)
     save_model(fitted, path)  # overwrite
     assert [p.name for p in tmp_path.iterdir()] == ["m.ndlm"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- one writer, one dispatcher
+def test_atomic_write_names_the_target_and_leaves_nothing(tmp_path):
+    from ndlm_sk._fileio import atomic_write
+
+    with pytest.raises(FileNotFoundError) as e:
+        atomic_write(tmp_path / "missing" / "m.ndlm", lambda f: f.write(b"x"))
+    assert e.value.filename == str(tmp_path / "missing" / "m.ndlm")  # not the temporary file
+    target = tmp_path / "a.json"
+    atomic_write(target, lambda f: f.write("old"), text=True)
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        atomic_write(target, fail)
+    assert target.read_text() == "old"  # the old content survives an interrupted write
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_load_model_file_by_content(fitted, data, tmp_path):
+    from ndlm_sk.model_io import load_model_file, save_model_file
+
+    X, _ = data
+    want = fitted.predict_proba(X[:8])
+    save_model_file(fitted, tmp_path / "m.ndlm")
+    save_model_file(fitted, tmp_path / "m.joblib")
+    for name in ("m.ndlm", "m.joblib"):
+        np.testing.assert_array_equal(load_model_file(tmp_path / name).predict_proba(X[:8]), want)
+    # an .ndlm archive renamed .joblib is read as .ndlm (nothing unpickled), not fed to joblib
+    (tmp_path / "renamed.joblib").write_bytes((tmp_path / "m.ndlm").read_bytes())
+    np.testing.assert_array_equal(load_model_file(tmp_path / "renamed.joblib").predict_proba(X[:8]), want)
+    # a pickle named .ndlm is never unpickled: refused with a hint
+    (tmp_path / "pickle.ndlm").write_bytes((tmp_path / "m.joblib").read_bytes())
+    with pytest.raises(ValueError, match=r"pickle\.ndlm is not an \.ndlm archive but looks like a joblib"):
+        load_model_file(tmp_path / "pickle.ndlm")
+    # a truncated joblib file: one ValueError naming the file (joblib says "EOF: reading array data")
+    blob = (tmp_path / "m.joblib").read_bytes()
+    for cut in (0, 10, len(blob) // 2, len(blob) - 1):
+        (tmp_path / "cut.joblib").write_bytes(blob[:cut])
+        with pytest.raises(ValueError, match=r"cut\.joblib is not a readable joblib model file"):
+            load_model_file(tmp_path / "cut.joblib")
+    joblib.dump({"not": "a model"}, tmp_path / "dict.joblib")
+    with pytest.raises(ValueError, match=r"dict\.joblib holds a dict, not an NDLMClassifier"):
+        load_model_file(tmp_path / "dict.joblib")
+    with pytest.raises(ValueError, match=r"m\.txt: a model file must end in \.ndlm"):
+        load_model_file(tmp_path / "m.txt")
+    with pytest.raises(FileNotFoundError):
+        load_model_file(tmp_path / "absent.ndlm")
+
+
+def test_check_save_path(tmp_path):
+    from ndlm_sk.model_io import check_save_path
+
+    check_save_path(tmp_path / "m.ndlm")
+    check_save_path(tmp_path / "m.joblib")
+    with pytest.raises(FileNotFoundError, match="does not exist") as e:
+        check_save_path(tmp_path / "missing" / "dir" / "m.ndlm")
+    assert e.value.filename == str(tmp_path / "missing" / "dir" / "m.ndlm")
+    with pytest.raises(ValueError, match="must end in"):
+        check_save_path(tmp_path / "m.onnx")
+    (tmp_path / "d.ndlm").mkdir()
+    with pytest.raises(IsADirectoryError):
+        check_save_path(tmp_path / "d.ndlm")
+
+
+def test_limits_and_version_have_one_source():
+    """The thread / size limits Python checks are the core's; the version is written once."""
+    import re
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from pathlib import Path
+
+    import ndlm_sk
+    from ndlm_sk import _core
+    from ndlm_sk.estimator import _MAX_DIM, _MAX_THREADS
+
+    assert (_MAX_THREADS, _MAX_DIM) == (_core.MAX_THREADS, _core.MAX_DIM)
+    _core.Network([{"type": "fc"}], [1, 1, 2], 2, n_threads=_MAX_THREADS)
+    with pytest.raises(ValueError, match="n_threads"):
+        _core.Network([{"type": "fc"}], [1, 1, 2], 2, n_threads=_MAX_THREADS + 1)
+    with pytest.raises(ValueError, match="n_jobs"):
+        NDLMClassifier(n_jobs=_MAX_THREADS + 1)._threads()
+    root = Path(ndlm_sk.__file__).parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    source = project["tool"]["scikit-build"]["metadata"]["version"]["input"]
+    assert re.findall(r'^__version__ = "(.+)"', (root / source).read_text(), re.M) == [ndlm_sk.__version__]

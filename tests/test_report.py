@@ -171,10 +171,20 @@ def test_plots_are_valid_pngs(tmp_path):
     _valid_png(plot_learning_curves({"iteration_loss": [1.0, 0.8, 0.5, 0.4]}, tmp_path / "lc3.png"))
     _valid_png(plot_learning_curves({"val_accuracy": [50.0, 70.0, 90.0]}, tmp_path / "lc4.png"))
 
-    class Fitted:
-        history_ = _history(3, 2)
+    class Fitted:  # a fitted NDLMClassifier's curves
+        loss_curve_ = [1.0, 0.6, 0.4]
+        batch_loss_curve_ = [1.2, 0.9, 0.7, 0.5, 0.45, 0.35]
+        train_scores_ = [0.5, 0.7, 0.8]
+        validation_scores_ = None
 
     _valid_png(plot_learning_curves(Fitted(), tmp_path / "lc5.png"))
+    from ndlm_sk.report import _history_of
+
+    assert _history_of(Fitted()) == {
+        "loss": Fitted.loss_curve_,
+        "iteration_loss": Fitted.batch_loss_curve_,
+        "train_accuracy": Fitted.train_scores_,
+    }
     with pytest.raises(ValueError, match="none of"):
         plot_learning_curves({"other": [1]}, tmp_path / "bad.png")
 

@@ -14,6 +14,9 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "max_threads", []() { return omp_get_max_threads(); },
         "OpenMP's default thread count (OMP_NUM_THREADS)");
+    // the limits the core enforces, so the Python checks use the same numbers
+    m.attr("MAX_THREADS") = py_bindings::kMaxThreads;
+    m.attr("MAX_DIM") = py_bindings::kMaxDim;
     py::module_ k =
         m.def_submodule("kernels", "Single layers, tuned ('fast') or reference ('ref'), for tests");
     py_bindings::bind_kernels(k);

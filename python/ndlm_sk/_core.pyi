@@ -11,6 +11,9 @@ _Impl = Literal["fast", "ref"]
 def simd_level() -> str: ...
 def max_threads() -> int: ...
 
+MAX_THREADS: int  # n_threads above this are refused
+MAX_DIM: int  # layer settings and image sizes above this are refused
+
 class Network:
     def __init__(
         self,

@@ -6,11 +6,12 @@ Subcommands::
     ndlm-sk export-onnx MODEL OUT.onnx [--input-dtype uint8|float32]
     ndlm-sk predict MODEL IMAGE_OR_FOLDER... [--format csv|table] [--image-size auto]
     ndlm-sk evaluate MODEL LABELED_FOLDER [--out DIR]
+    ndlm-sk reproduce --data FOLDER [--out DIR] [--epochs 100] [--patience N] ...
     ndlm-sk count FOLDER --model MODEL [--out DIR] [--reference FILE.json] [--wbc X]
 
-Models are saved and loaded by file extension: ``.ndlm`` (:func:`ndlm_sk.save_model`, plain
-arrays and JSON, safe to load from anyone) or ``.joblib`` / ``.pkl`` (joblib; loading a pickle
-can run code, so only load files you trust).
+Models are saved by file extension and loaded by content (:func:`ndlm_sk.model_io.load_model_file`):
+``.ndlm`` (:func:`ndlm_sk.save_model`, plain arrays and JSON, safe to load from anyone) or
+``.joblib`` / ``.pkl`` (joblib; loading a pickle can run code, so only load files you trust).
 
 Adding a subcommand: write ``_setup_<name>(subparsers)``, which adds the subparser and sets
 ``run=<function taking the parsed args and returning an exit code>``, and list it in
@@ -29,8 +30,6 @@ from pathlib import Path
 import numpy as np
 
 PROG = "ndlm-sk"
-_SAFE_EXT = (".ndlm",)
-_PICKLE_EXT = (".joblib", ".pkl", ".pickle")
 _PREDICT_CHUNK = 64  # images decoded and predicted at a time (bounds memory)
 
 
@@ -74,44 +73,6 @@ def _fraction(text):
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
     return v
-
-
-def _check_model_path(path):
-    ext = Path(path).suffix.lower()
-    if ext not in _SAFE_EXT + _PICKLE_EXT:
-        raise CLIError(f"model file {path} must end in .ndlm (safe format) or .joblib")
-    return ext
-
-
-def save_model_file(clf, path):
-    """Save by extension: ``.ndlm`` with :func:`ndlm_sk.model_io.save_model`, else joblib."""
-    if _check_model_path(path) in _SAFE_EXT:
-        from .model_io import save_model
-
-        save_model(clf, path)
-    else:
-        import joblib
-
-        joblib.dump(clf, path)
-
-
-def load_model_file(path):
-    """Load by extension (``.ndlm`` safe format, ``.joblib`` / ``.pkl`` with joblib)."""
-    ext = _check_model_path(path)
-    if not os.path.isfile(path):
-        raise CLIError(f"model file not found: {path}")
-    if ext in _SAFE_EXT:
-        from .model_io import load_model
-
-        return load_model(path)
-    import joblib
-
-    from .estimator import NDLMClassifier
-
-    clf = joblib.load(path)
-    if not isinstance(clf, NDLMClassifier):
-        raise CLIError(f"{path} holds a {type(clf).__name__}, not an NDLMClassifier")
-    return clf
 
 
 def _resolve_architecture(value):
@@ -207,9 +168,10 @@ def _run_train(args):
 
     from .datasets import load_pbc, load_pbc_sample, split_indices
     from .estimator import NDLMClassifier
+    from .model_io import check_save_path, save_model_file
 
     if args.save:
-        _check_model_path(args.save)  # fail before training, not after
+        check_save_path(args.save)  # fail before training, not after
     if args.threads == 0:
         raise CLIError("--threads must not be 0")
     architecture = _resolve_architecture(args.architecture)
@@ -294,6 +256,7 @@ def _run_export_onnx(args):
         import onnx  # noqa: F401
     except ImportError:
         raise CLIError("export-onnx needs the onnx package: pip install 'ndlm_sk[onnx]'") from None
+    from .model_io import load_model_file
     from .onnx_export import to_onnx
 
     clf = load_model_file(args.model)
@@ -352,27 +315,10 @@ def _image_files(paths):
             yield p, "no such file or folder"
 
 
-def read_image(path, size_hw, channels=3):
-    """Decode one image file and resize it to ``size_hw`` exactly as ``load_pbc`` does.
-
-    Returns a ``(height, width, channels)`` uint8 array (RGB for 3 channels, grayscale for 1).
-    """
-    if channels == 3:
-        from .datasets import read_image as read_rgb  # decodes and resizes as load_pbc does
-
-        return read_rgb(path, size_hw)
-    from PIL import Image
-
-    bilinear = getattr(Image, "Resampling", Image).BILINEAR
-    with Image.open(path) as im:
-        im = im.convert("L")
-    h, w = size_hw
-    if im.size != (w, h):
-        im = im.resize((w, h), bilinear, reducing_gap=None)
-    return np.asarray(im, dtype=np.uint8)[..., np.newaxis]
-
-
 def _run_predict(args):
+    from .datasets import read_image
+    from .model_io import load_model_file
+
     clf = load_model_file(args.model)
     if args.threads is not None:
         if args.threads == 0:
@@ -413,7 +359,7 @@ def _run_predict(args):
     for path, error in _image_files(args.paths):
         if error is None:
             try:
-                images.append(read_image(path, (h, w), c))
+                images.append(read_image(path, (h, w), channels=c))
                 files.append(path)
             except Exception as e:  # noqa: BLE001 - any file Pillow cannot decode is skipped
                 error = f"{type(e).__name__}: {e}"

@@ -28,7 +28,6 @@ import json
 import operator
 import os
 import sys
-import tempfile
 import time
 import warnings
 import zlib
@@ -36,6 +35,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from ._fileio import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -450,27 +451,31 @@ def _plan_duplicates(labels, rels, hashes):
 # --------------------------------------------------------------------------------------------
 
 
-def read_image(file, image_size=300):
+def read_image(file, image_size=300, channels=3):
     """Decode one image file and resize it exactly as :func:`load_pbc` does.
 
-    Returns an RGB uint8 array of shape ``(height, width, 3)``; ``image_size`` is ``s`` or
+    Returns a uint8 array of shape ``(height, width, channels)``: RGB for ``channels=3`` (what
+    :func:`load_pbc` reads), grayscale for ``channels=1``; ``image_size`` is ``s`` or
     ``(height, width)``. Raises the decoder's error (``OSError`` / ``PIL.UnidentifiedImageError``)
     for a file that is not a readable image.
     """
-    return _decode_image(file, _check_image_size(image_size))
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    return _decode_image(file, _check_image_size(image_size), channels)
 
 
-def _decode_image(file, size_hw):
-    """Decode one image file to an RGB uint8 array of shape ``(h, w, 3)``."""
+def _decode_image(file, size_hw, channels=3):
+    """Decode one image file to a uint8 array of shape ``(h, w, channels)`` (3: RGB, 1: gray)."""
     from PIL import Image
 
     bilinear = getattr(Image, "Resampling", Image).BILINEAR
     with Image.open(file) as im:
-        rgb = im.convert("RGB")  # forces the full decode: truncated data raises here
+        im = im.convert("RGB" if channels == 3 else "L")  # forces the full decode: truncated data raises here
     h, w = size_hw
-    if rgb.size != (w, h):
-        rgb = rgb.resize((w, h), bilinear, reducing_gap=None)
-    return np.asarray(rgb, dtype=np.uint8)
+    if im.size != (w, h):
+        im = im.resize((w, h), bilinear, reducing_gap=None)
+    a = np.asarray(im, dtype=np.uint8)
+    return a if channels == 3 else a[..., np.newaxis]
 
 
 def _decode_into(out, root, rels, size_hw):
@@ -682,20 +687,6 @@ def _read_cache(cdir, key, verbose):
     return X, meta
 
 
-def _atomic_write(target, write):
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{target.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _write_cache(cdir, key, X, meta, verbose):
     stem = _entry_stem(cdir, key)
     full = dict(meta, format=_CACHE_FORMAT_VERSION, key=key, shape=list(X.shape), dtype="uint8", crc32=_crc32(X))
@@ -703,9 +694,9 @@ def _write_cache(cdir, key, X, meta, verbose):
     try:
         cdir.mkdir(parents=True, exist_ok=True)
         # The array first, the metadata last: an entry is valid only once both are in place.
-        _atomic_write(Path(f"{stem}.npy"), lambda f: np.lib.format.write_array(f, X, allow_pickle=False))
+        atomic_write(f"{stem}.npy", lambda f: np.lib.format.write_array(f, X, allow_pickle=False))
         blob = json.dumps(full, ensure_ascii=False).encode("utf-8")
-        _atomic_write(Path(f"{stem}.json"), lambda f: f.write(blob))
+        atomic_write(f"{stem}.json", lambda f: f.write(blob))
     except OSError as exc:
         warnings.warn(
             f"load_pbc: could not write the cache in {cdir} ({exc}); continuing without it",

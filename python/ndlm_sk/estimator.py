@@ -18,7 +18,8 @@ from .architectures import resolve_architecture
 _CORE_DTYPES = (np.float32, np.uint8)  # other dtypes convert to the first
 
 
-_MAX_DIM = 1 << 20  # the core refuses larger sizes (far beyond any microscope image)
+_MAX_DIM = _core.MAX_DIM  # the core refuses larger sizes (far beyond any microscope image)
+_MAX_THREADS = _core.MAX_THREADS  # and more threads
 
 
 def _check_image_shape(shape, what):
@@ -249,8 +250,10 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
 
             return worker_threads() or int(_core.max_threads())
         n = self.n_jobs
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n == 0 or not -1024 <= n <= 1024:
-            raise ValueError(f"n_jobs must be None or a non-zero integer in [-1024, 1024], got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n == 0 or abs(n) > _MAX_THREADS:
+            raise ValueError(
+                f"n_jobs must be None or a non-zero integer in [-{_MAX_THREADS}, {_MAX_THREADS}], got {n!r}"
+            )
         return max(1, (os.cpu_count() or 1) + 1 + int(n)) if n < 0 else int(n)
 
     def _check_params(self):

@@ -57,7 +57,7 @@ def evaluate_folder(clf, folder, chunk=_CHUNK):
     ``misclassified`` (the wrong ones, lowest predicted probability last), ``skipped`` ([file,
     reason]), ``ignored_folders`` and the duplicates dropped.
     """
-    from .cli import read_image
+    from .datasets import read_image
 
     h, w, c = (int(s) for s in clf.image_shape_)
     classes = [str(k) for k in clf.classes_]
@@ -84,7 +84,7 @@ def evaluate_folder(clf, folder, chunk=_CHUNK):
 
     for lab, rel in zip(labels, rels):
         try:
-            batch.append(read_image(root / rel, (h, w), c))
+            batch.append(read_image(root / rel, (h, w), channels=c))
         except Exception as e:  # noqa: BLE001 - any file Pillow cannot decode is skipped and named
             skipped.append([rel, f"not a readable image ({type(e).__name__}: {e})"])
             continue
@@ -173,7 +173,8 @@ def setup_evaluate(sub):
 def run_evaluate(args):
     import sys
 
-    from .cli import CLIError, _err, load_model_file
+    from .cli import CLIError, _err
+    from .model_io import load_model_file
     from .report import to_markdown
 
     if not Path(args.folder).is_dir():

@@ -35,17 +35,28 @@ header declares, and the rebuilt network checks that the arrays fit the declared
 a truncated, corrupted or inconsistent file raises :class:`ValueError` with a reason.
 """
 
+import errno
 import io
 import json
 import math
 import os
-import secrets
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_model", "load_model", "FORMAT_NAME", "FORMAT_VERSION"]
+from . import __version__
+from ._fileio import atomic_write
+
+__all__ = [
+    "save_model",
+    "load_model",
+    "save_model_file",
+    "load_model_file",
+    "check_save_path",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+]
 
 #: Value of the header's ``format`` field.
 FORMAT_NAME = "ndlm_sk-model"
@@ -56,15 +67,6 @@ _HEADER = "header.json"
 _MAX_HEADER_BYTES = 64 << 20
 _NPY_HEADER_SLACK = 1 << 16  # bytes allowed for an .npy member's own header
 _TAGS = ("__array__", "__objarray__", "__tuple__", "__float__", "__npscalar__", "__randomstate__", "__dict__")
-
-
-def _library_version():
-    try:
-        from . import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover
-        return "unknown"
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -215,7 +217,7 @@ def save_model(estimator, path):
     header = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "library_version": _library_version(),
+        "library_version": __version__,
         "estimator": type(estimator).__name__,
         "arrays": {k: {"dtype": a.dtype.str, "shape": list(a.shape)} for k, a in arrays.items()},
         "state": state,
@@ -232,20 +234,8 @@ def save_model(estimator, path):
 
     if hasattr(path, "write"):
         write(path)
-        return
-    target = Path(os.fspath(path))
-    # a new file next to the target (so the rename is atomic), created with the usual permissions
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    else:
+        atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -306,7 +296,7 @@ def load_model(path):
         if version != FORMAT_VERSION:
             raise ValueError(
                 f"{shown} has model format version {version!r} (written by ndlm_sk "
-                f"{header.get('library_version', '?')}); this ndlm_sk ({_library_version()}) reads "
+                f"{header.get('library_version', '?')}); this ndlm_sk ({__version__}) reads "
                 f"format version {FORMAT_VERSION} only"
             )
         kind = header.get("estimator")
@@ -383,16 +373,13 @@ def _ndlm_from_state(state, shown):
         raise _bad(shown, "the declared layer stack is too large to build") from None
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RuntimeError) as e:
         raise _bad(shown, f"the saved arrays do not fit the declared model ({e})") from None
-    # __setstate__ rebuilds layers_ from the architecture: the saved stack must be that one
-    if "_net_state" in state and list(est.layers_) != list(state["layers_"]):
-        raise _bad(
-            shown, "the saved layer stack (layers_) does not match the architecture the network was rebuilt from"
-        )
     return est
 
 
 def _check_state(state, shown):
     """Type checks of the fields __setstate__ relies on, so a bad file gives a clear error."""
+    from . import _core
+
     if "_net_state" not in state:
         return  # an unfitted estimator: nothing to rebuild
     need = ("_net_state", "_seed", "classes_", "image_shape_", "layers_", "architecture", "input_scale", "n_jobs")
@@ -420,9 +407,87 @@ def _check_state(state, shown):
         raise _bad(shown, "layers_ must be a list of layer specs")
     n_jobs = state["n_jobs"]
     if n_jobs is not None and (
-        not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0 or abs(n_jobs) > 4096
+        not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0 or abs(n_jobs) > _core.MAX_THREADS
     ):
         raise _bad(shown, f"bad n_jobs {n_jobs!r}")
     n_params = state.get("n_params_")
     if isinstance(n_params, int) and ns["params"].size != n_params:
         raise _bad(shown, f"{ns['params'].size} parameters stored but n_params_={n_params}")
+
+
+# ----------------------------------------------------------------------------- by file name
+SAFE_EXTENSIONS = (".ndlm",)
+PICKLE_EXTENSIONS = (".joblib", ".pkl", ".pickle")
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# how a joblib file starts: a pickle (protocol 2+), or joblib's zlib / gzip / bz2 / xz / lzma / lz4 wrappers
+_PICKLE_MAGIC = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00", b"\x04\x22\x4d\x18")
+
+
+def _extension(path):
+    ext = Path(os.fspath(path)).suffix.lower()
+    if ext not in SAFE_EXTENSIONS + PICKLE_EXTENSIONS:
+        raise ValueError(f"{os.fspath(path)}: a model file must end in .ndlm (safe format) or .joblib / .pkl")
+    return ext
+
+
+def check_save_path(path):
+    """Raise (``ValueError`` / ``OSError`` naming ``path``) unless a model can be saved there: an
+    ``.ndlm`` / ``.joblib`` / ``.pkl`` name in an existing, writable folder. Call it before a long
+    fit so that a bad ``--save`` fails before the training, not after."""
+    _extension(path)
+    target = Path(os.fspath(path))
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a model file name", str(target))
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"the folder {folder} does not exist", str(target))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"the folder {folder} is not writable", str(target))
+
+
+def save_model_file(estimator, path):
+    """Save by extension: ``.ndlm`` with :func:`save_model`, ``.joblib`` / ``.pkl`` with joblib
+    (both atomically: a temporary file in the same folder, then renamed)."""
+    if _extension(path) in SAFE_EXTENSIONS:
+        save_model(estimator, path)
+        return
+    import joblib
+
+    atomic_write(path, lambda f: joblib.dump(estimator, f))
+
+
+def load_model_file(path):
+    """Load a model file by its content, checked against its extension.
+
+    An ``.ndlm`` file is read with :func:`load_model` (no code executed). A ``.joblib`` / ``.pkl``
+    file is unpickled with joblib (which can run code: only load files you trust), unless it is
+    an ``.ndlm`` archive under another name, which :func:`load_model` reads. Raises
+    :class:`ValueError` naming the file for anything that is not a readable model, and
+    ``FileNotFoundError`` / ``IsADirectoryError`` / ``PermissionError`` for a path that cannot be read.
+    """
+    from .estimator import NDLMClassifier
+    from .table3 import CoupledNDLM
+
+    shown = os.fspath(path)
+    ext = _extension(path)
+    with open(path, "rb") as f:  # raises FileNotFoundError / IsADirectoryError / PermissionError
+        head = f.read(8)
+    if ext in SAFE_EXTENSIONS or head.startswith(_ZIP_MAGIC):
+        try:
+            return load_model(path)
+        except ValueError as e:
+            if ext in SAFE_EXTENSIONS and head.startswith(_PICKLE_MAGIC):
+                raise ValueError(
+                    f"{shown} is not an .ndlm archive but looks like a joblib / pickle file; "
+                    "if you trust it, rename it .joblib to load it with joblib"
+                ) from None
+            raise e from None
+    import joblib
+
+    try:
+        model = joblib.load(path)
+    except Exception as e:  # noqa: BLE001 - truncated or foreign data fails in many ways
+        raise ValueError(f"{shown} is not a readable joblib model file ({type(e).__name__}: {e})") from None
+    if not isinstance(model, (NDLMClassifier, CoupledNDLM)):
+        raise ValueError(f"{shown} holds a {type(model).__name__}, not an NDLMClassifier or a CoupledNDLM")
+    return model

@@ -3,7 +3,8 @@
 The graph is built with the ``onnx`` package from standard operators only (``Cast``, ``Mul``, ``Sub``,
 ``Transpose``, ``BatchNormalization``, ``LRN``, ``Conv``, ``Relu``, ``MaxPool``, ``Flatten``,
 ``Gemm``, ``Unsqueeze``, ``Softmax``, ``ArgMax``, ``Gather``), opset 17 and IR version 8, so any
-runtime that implements opset 17 runs it (onnxruntime 1.16 or newer).
+runtime that implements opset 17 and reads IR version 8 runs it (onnxruntime ``ONNXRUNTIME_MIN`` = 1.16
+or newer, the minimum of the ``onnx`` extra).
 
 Inputs and outputs
 ------------------
@@ -29,22 +30,17 @@ import json
 
 import numpy as np
 
-__all__ = ["to_onnx", "ONNX_OPSET", "ONNX_IR_VERSION"]
+from . import __version__
 
-#: Operator set of the exported graphs (widely supported: onnxruntime >= 1.12).
+__all__ = ["to_onnx", "ONNX_OPSET", "ONNX_IR_VERSION", "ONNXRUNTIME_MIN"]
+
+#: Operator set of the exported graphs.
 ONNX_OPSET = 17
-#: IR version written into the model: the lowest that allows opset 17, loadable by onnxruntime >= 1.16.
+#: IR version written into the model: the lowest that allows opset 17.
 ONNX_IR_VERSION = 8
+#: The oldest onnxruntime the exported graphs are tested with (pyproject.toml's ``onnx`` extra).
+ONNXRUNTIME_MIN = "1.16"
 _EXPORT_VERSION = 1
-
-
-def _library_version():
-    try:
-        from . import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover - partial installs
-        return "unknown"
 
 
 def _class_tensor(classes):
@@ -241,7 +237,7 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
             f"probabilities (N, {n_classes}), label_index"
         ),
     )
-    version = _library_version()
+    version = __version__
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset)],

@@ -332,6 +332,19 @@ def _as_percent(arr):
     return arr * 100.0 if finite.size and finite.max() <= 1.0 else arr
 
 
+def _history_of(history):
+    """A history dict from a fitted NDLMClassifier's curves; anything else unchanged."""
+    if isinstance(history, Mapping) or not hasattr(history, "loss_curve_"):
+        return history
+    pairs = (
+        ("loss", "loss_curve_"),
+        ("iteration_loss", "batch_loss_curve_"),
+        ("train_accuracy", "train_scores_"),
+        ("val_accuracy", "validation_scores_"),
+    )
+    return {k: list(getattr(history, a)) for k, a in pairs if getattr(history, a, None) is not None}
+
+
 def plot_learning_curves(history, path, title="NDLM learning curves"):
     """Draw the training curves as a 2-panel PNG, like the paper's Fig. 3.
 
@@ -345,14 +358,14 @@ def plot_learning_curves(history, path, title="NDLM learning curves"):
         Lists (any may be missing, at least one must be present): ``loss`` (training loss per
         epoch), ``iteration_loss`` (per mini-batch), ``train_accuracy``, ``val_accuracy``,
         ``val_loss`` (per epoch). Accuracies may be fractions (all values <= 1, shown x100) or
-        percentages. An estimator with a ``history_`` attribute is accepted too.
+        percentages. A fitted :class:`~ndlm_sk.NDLMClassifier` is accepted too (its
+        ``loss_curve_``, ``batch_loss_curve_``, ``train_scores_`` and ``validation_scores_``).
     path : str or path-like
         PNG file to write.
 
     Returns the path written. Raises ImportError without matplotlib.
     """
-    if not isinstance(history, Mapping) and hasattr(history, "history_"):
-        history = history.history_
+    history = _history_of(history)
     if not isinstance(history, Mapping):
         raise TypeError(f"history must be a dict of lists, got {type(history).__name__}")
     loss = _series(history, "loss")
@@ -478,9 +491,7 @@ def write_report(
     if extra:
         doc["extra"] = dict(extra)
     if history is not None:
-        if not isinstance(history, Mapping) and hasattr(history, "history_"):
-            history = history.history_
-        doc["history"] = dict(history)
+        doc["history"] = dict(_history_of(history))
     written["json"] = to_json(doc, out / "report.json")
     try:
         written["confusion_matrix"] = plot_confusion_matrix(report, out / "confusion_matrix.png")

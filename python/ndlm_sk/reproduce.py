@@ -6,7 +6,6 @@ the output folder; running the same command again continues from the last finish
 """
 
 import json
-import os
 import sys
 import time
 import warnings
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._fileio import atomic_write
 from .datasets import load_pbc, split_indices
 from .report import classification_report_ndlm, write_report
 
@@ -30,10 +30,7 @@ MATLAB_OPTIONS = {
 
 
 def _atomic_json(doc, path):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(doc, f, indent=1), text=True)
 
 
 def _log_loss(proba, y_enc):

@@ -33,7 +33,9 @@ def setup_count(sub):
 
 
 def run_count(args):
-    from .cli import CLIError, _err, _image_files, load_model_file, read_image
+    from .cli import CLIError, _err, _image_files
+    from .datasets import read_image
+    from .model_io import load_model_file
     from .smear import differential, load_reference, write_differential
 
     reference = load_reference(args.reference) if args.reference else None
@@ -47,7 +49,7 @@ def run_count(args):
     for path, error in _image_files([args.folder]):
         if error is None:
             try:
-                images.append(read_image(path, (h, w), c))
+                images.append(read_image(path, (h, w), channels=c))
                 files.append(path)
                 continue
             except Exception as e:  # noqa: BLE001 - any file Pillow cannot decode is skipped
