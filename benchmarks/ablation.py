@@ -27,12 +27,19 @@ SETTINGS = {
     "zerocenter": {"input_normalization": "zerocenter"},
     "population-bn": {"batchnorm_statistics": "population"},
     "shuffle-once": {"shuffle": "once"},
-    "matlab": {"input_normalization": "zerocenter", "batchnorm_statistics": "population", "shuffle": "once"},
+    "batchnorm-l2": {"batchnorm_l2_factor": 1.0},
+    "matlab": {
+        "input_normalization": "zerocenter",
+        "batchnorm_statistics": "population",
+        "shuffle": "once",
+        "batchnorm_l2_factor": 1.0,
+    },
 }
 CLI_FLAGS = {
     "input_normalization": "--input-normalization",
     "batchnorm_statistics": "--batchnorm-statistics",
     "shuffle": "--shuffle",
+    "batchnorm_l2_factor": "--batchnorm-l2-factor",
 }
 
 

@@ -608,14 +608,22 @@ float Network::backward(const int32_t* y, int64_t B, int64_t* n_correct) {
 }
 
 void Network::adam_update() {
-    // L2 regularization on conv / fc weights (not on biases or batch norm), MATLAB's convention
+    // L2 regularization on conv / fc weights (not on their biases: MATLAB's BiasL2Factor 0), and on
+    // batch-norm gamma and beta scaled by bn_l2_factor (MATLAB's ScaleL2Factor / OffsetL2Factor)
+    auto add_l2 = [&](int64_t off, int64_t n, float l2) {
+        float* g = grads() + off;
+        const float* p = params() + off;
+        for (int64_t i = 0; i < n; i++) g[i] += l2 * p[i];
+    };
     if (adam_.l2 != 0.f)
-        for (const Layer& L : layers_)
-            if (L.spec.type == LayerType::Conv || L.spec.type == LayerType::FC) {
-                float* g = grads() + L.w_off;
-                const float* p = params() + L.w_off;
-                for (int64_t i = 0; i < L.n_w; i++) g[i] += adam_.l2 * p[i];
+        for (const Layer& L : layers_) {
+            if (L.spec.type == LayerType::Conv || L.spec.type == LayerType::FC) add_l2(L.w_off, L.n_w, adam_.l2);
+            if (L.spec.type == LayerType::BatchNorm && adam_.bn_l2_factor != 0.f) {
+                const float l2_bn = adam_.l2 * adam_.bn_l2_factor;
+                add_l2(L.w_off, L.n_w, l2_bn);
+                add_l2(L.b_off, L.n_b, l2_bn);
             }
+        }
     step_++;
     const float b1 = adam_.beta1, b2 = adam_.beta2;
     const double bc1 = 1.0 - std::pow(double(b1), double(step_));

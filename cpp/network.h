@@ -53,6 +53,9 @@ struct ImageBatch {
 struct AdamConfig {
     float learning_rate = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, epsilon = 1e-8f;
     float l2 = 1e-4f;  // added to the gradient of conv / fc weights: g += l2 * w (MATLAB's L2)
+    // batch-norm gamma and beta get g += l2 * bn_l2_factor * p (MATLAB's ScaleL2Factor and
+    // OffsetL2Factor, 1 there; 0 keeps batch norm unregularized)
+    float bn_l2_factor = 0.f;
 };
 
 // A fused pointwise segment (planned at construction when fusion is on): layers [first, last]

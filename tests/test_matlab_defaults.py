@@ -221,6 +221,9 @@ def test_get_params_clone_and_bad_values(data):
         ("batchnorm_statistics", "exact"),
         ("shuffle", "twice"),
         ("shuffle", 1),
+        ("batchnorm_l2_factor", -1.0),
+        ("batchnorm_l2_factor", float("inf")),
+        ("batchnorm_l2_factor", "1"),
     ]:
         with pytest.raises(ValueError, match=name):
             NDLMClassifier(SMALL, **{name: value}).fit(X, y)
@@ -243,3 +246,21 @@ def test_core_rejects_bad_normalization_arrays(data):
         clf._net.input_norm = (np.full(n, np.inf, np.float32), np.ones(n, np.float32))
     with pytest.raises(ValueError, match="at least one image"):
         clf._net.population_stats(X, np.zeros(0, np.int64))
+
+
+def test_batchnorm_l2_factor(data, tmp_path):
+    X, y = data
+    base = _fit(X, y)
+    zero = _fit(X, y, batchnorm_l2_factor=0.0)
+    np.testing.assert_array_equal(base._net.params, zero._net.params)  # 0 is today's training, bit for bit
+    one = _fit(X, y, batchnorm_l2_factor=1.0, alpha=0.5)
+    no_bn_l2 = _fit(X, y, alpha=0.5)
+    a, b = one._net.layer_params()[1], no_bn_l2._net.layer_params()[1]  # the batch norm layer
+    # penalized toward 0: the regularized gamma ends nearer 0 than the unregularized one
+    assert np.abs(a["gamma"]).sum() < np.abs(b["gamma"]).sum()
+    conv_a, conv_b = one._net.layer_params()[0], no_bn_l2._net.layer_params()[0]
+    assert not np.array_equal(conv_a["weight"], conv_b["weight"])  # the penalty changes the trajectory
+    save_model(one, tmp_path / "m.ndlm")
+    back = load_model(tmp_path / "m.ndlm")
+    assert back.batchnorm_l2_factor == 1.0
+    np.testing.assert_array_equal(back.predict_proba(X), one.predict_proba(X))

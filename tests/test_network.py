@@ -234,21 +234,26 @@ def _partial_forward(layers, params, X, scale):
     return a
 
 
-def test_one_adam_step_matches_numpy():
-    # train_step = loss_and_grad + L2 on conv / fc weights only + Adam (bias-corrected)
+def _l2_factor(name, bn_factor):
+    # MATLAB's factors: conv / fc weights 1, their biases 0, batch-norm gamma and beta bn_factor
+    return {"weight": 1.0, "bias": 0.0, "gamma": bn_factor, "beta": bn_factor}[name]
+
+
+@pytest.mark.parametrize("bn_factor", [0.0, 1.0, 0.5])
+def test_one_adam_step_matches_numpy(bn_factor):
+    # train_step = loss_and_grad + L2 (conv / fc weights; batch norm times bn_factor) + Adam (bias-corrected)
     stack, shape, k = OTHER, (21, 19, 3), 4
     rng = _rng("adam")
     net = make_net(stack, shape, k, seed=6)
     lr, b1, b2, eps, l2 = 1e-2, 0.8, 0.99, 1e-6, 0.05
-    net.set_optimizer(lr, b1, b2, eps, l2)
+    net.set_optimizer(lr, b1, b2, eps, l2, bn_factor)
     X = _images(rng, shape, 4, False)
     y = np.array([0, 1, 2, 3], np.int32)
     p0 = np.array(net.params, np.float64)
     net.loss_and_grad(X, y)
     g = np.array(net.grads, np.float64)
     for _, name, off, n in param_blocks(net):
-        if name == "weight":
-            g[off : off + n] += l2 * p0[off : off + n]
+        g[off : off + n] += l2 * _l2_factor(name, bn_factor) * p0[off : off + n]
     m, v = (1 - b1) * g, (1 - b2) * g * g
     expect1 = p0 - lr * (m / (1 - b1)) / (np.sqrt(v / (1 - b2)) + eps)
     net.train_step(X, np.arange(4), y)
@@ -258,8 +263,7 @@ def test_one_adam_step_matches_numpy():
     net.loss_and_grad(X, y)
     g2 = np.array(net.grads, np.float64)
     for _, name, off, n in param_blocks(net):
-        if name == "weight":
-            g2[off : off + n] += l2 * p1[off : off + n]
+        g2[off : off + n] += l2 * _l2_factor(name, bn_factor) * p1[off : off + n]
     m, v = b1 * m + (1 - b1) * g2, b2 * v + (1 - b2) * g2 * g2
     expect2 = p1 - lr * (m / (1 - b1**2)) / (np.sqrt(v / (1 - b2**2)) + eps)
     net.train_step(X, np.arange(4), y)

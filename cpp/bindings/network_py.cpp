@@ -203,16 +203,19 @@ void bind_network(py::module_& m) {
             })
         .def(
             "set_optimizer",
-            [](Network& n, float lr, float b1, float b2, float eps, float l2) {
+            [](Network& n, float lr, float b1, float b2, float eps, float l2, float bn_l2_factor) {
                 if (!(lr > 0) || !std::isfinite(lr)) throw py::value_error("learning rate must be > 0");
                 if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1))
                     throw py::value_error("beta_1, beta_2 must be in [0, 1)");
                 if (!(eps > 0)) throw py::value_error("epsilon must be > 0");
                 if (!(l2 >= 0) || !std::isfinite(l2)) throw py::value_error("alpha (L2) must be >= 0");
+                if (!(bn_l2_factor >= 0) || !std::isfinite(bn_l2_factor))
+                    throw py::value_error("batchnorm_l2_factor must be finite and >= 0");
                 auto g = lock(n);
-                n.set_adam(AdamConfig{lr, b1, b2, eps, l2});
+                n.set_adam(AdamConfig{lr, b1, b2, eps, l2, bn_l2_factor});
             },
-            py::arg("learning_rate"), py::arg("beta_1"), py::arg("beta_2"), py::arg("epsilon"), py::arg("l2"))
+            py::arg("learning_rate"), py::arg("beta_1"), py::arg("beta_2"), py::arg("epsilon"), py::arg("l2"),
+            py::arg("bn_l2_factor") = 0.f)
         .def(
             "train_step",
             [](Network& n, const py::array& X, const py::object& idx_obj, const py::object& y_obj) {

@@ -471,10 +471,18 @@ def _add_matlab_flags(p):
         help="training order: new every epoch (default), one shuffle before training (once, MATLAB's default), "
         "or as loaded",
     )
+    g.add_argument(
+        "--batchnorm-l2-factor",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="L2 penalty of batch-norm scale and offset, as a factor of the weights' (MATLAB: 1; default: 0)",
+    )
 
 
 def _matlab_options(args):
     return {
+        "batchnorm_l2_factor": args.batchnorm_l2_factor,
         "input_normalization": args.input_normalization,
         "normalization_dimension": args.normalization_dimension,
         "batchnorm_statistics": args.batchnorm_statistics,

@@ -123,6 +123,11 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         more training-mode pass over the training images sets each batch-norm layer's statistics
         to the exact mean and variance of its input over all of them. ``partial_fit`` does this over
         each call's X at the end of the call.
+    batchnorm_l2_factor : float, default=0.0
+        The L2 penalty of batch-norm scale (gamma) and offset (beta) is ``alpha`` times this factor.
+        0 leaves batch norm unregularized (ours); MATLAB's batchNormalizationLayer regularizes them
+        with ``ScaleL2Factor`` = ``OffsetL2Factor`` = 1. Convolution and fully connected biases are
+        never regularized (MATLAB's ``BiasL2Factor`` = 0).
 
     Attributes
     ----------
@@ -166,6 +171,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         input_normalization="none",
         normalization_dimension="element",
         batchnorm_statistics="moving",
+        batchnorm_l2_factor=0.0,
     ):
         self.architecture = architecture
         self.image_shape = image_shape
@@ -191,6 +197,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         self.input_normalization = input_normalization
         self.normalization_dimension = normalization_dimension
         self.batchnorm_statistics = batchnorm_statistics
+        self.batchnorm_l2_factor = batchnorm_l2_factor
 
     # ------------------------------------------------------------------ input checking
     def _validate_X(self, X, reset):
@@ -278,6 +285,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
         if not (isinstance(self.tol, (int, float, np.number)) and self.tol >= 0):
             raise ValueError(f"tol must be >= 0, got {self.tol!r}")
+        f = self.batchnorm_l2_factor
+        if isinstance(f, bool) or not (isinstance(f, (int, float, np.number)) and np.isfinite(f) and f >= 0):
+            raise ValueError(f"batchnorm_l2_factor must be a finite number >= 0, got {f!r}")
         if not (isinstance(self.validation_fraction, (int, float, np.number)) and 0 < self.validation_fraction < 1):
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
         if not (isinstance(self.input_scale, (int, float, np.number)) and np.isfinite(self.input_scale)):
@@ -326,6 +336,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             float(self.beta_2),
             float(self.epsilon),
             float(self.alpha),
+            float(self.batchnorm_l2_factor),
         )
 
     def _encode(self, y):

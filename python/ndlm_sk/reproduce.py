@@ -25,6 +25,7 @@ MATLAB_OPTIONS = {
     "input_normalization": "none",
     "normalization_dimension": "element",
     "batchnorm_statistics": "moving",
+    "batchnorm_l2_factor": 0.0,
     "shuffle": True,
 }
 
