@@ -63,7 +63,7 @@ def image_folder(workdir):
 def test_train_reports_and_saves(trained):
     model, out = trained
     assert "Loaded 200 images" in out and "embedded PBC sample" in out
-    assert "Test accuracy:" in out and "/50 images)" in out  # stratified 25 % of 200
+    assert "Test accuracy:" in out and "/50 images; 95 % Wilson interval" in out  # stratified 25 % of 200
     for word in ("Precision", "Sensitivity", "Specificity", "F1"):
         assert word in out
     for c in CLASSES:
@@ -100,6 +100,67 @@ def test_train_joblib_other_architecture_and_folder(workdir, image_folder):
     assert isinstance(clf, NDLMClassifier) and clf.architecture == "dfcn" and clf.augment is True
     assert clf.input_normalization == "zerocenter" and clf.shuffle == "once" and clf.input_mean_.shape == (32, 32, 3)
     assert list(clf.classes_) == ["basophil", "monocyte"]
+
+
+def test_train_progress_and_why_it_stopped(workdir):
+    model = workdir / "stop.ndlm"
+    # tol 10: no epoch ever improves the loss by 10, so with patience 1 the rule ends epoch 3
+    # (MLPClassifier's count: more than n_iter_no_change epochs without improvement)
+    code, out, err = run(*TRAIN, "--epochs", "20", "--patience", "1", "--tol", "10", "--save", model)
+    assert code == 0, err
+    lines = [l for l in err.splitlines() if "epoch" in l]
+    assert len(lines) == 3, err
+    assert lines[0].startswith("ndlm-sk: epoch 1/20: loss ") and "train acc" in lines[0]
+    assert "elapsed, at most" in lines[0] and "left" in lines[0] and "val acc" not in lines[0]
+    assert (
+        "Stopped early at epoch 3 of at most 20: the training loss did not improve by tol=10 or more "
+        "for 2 epochs in a row (--patience 1)" in out
+    )
+    assert "--no-early-stopping runs all epochs" in out and "for 3 epochs in" in out
+    assert load_model(model).n_iter_ == 3
+
+    code, out, err = run(*TRAIN, "--epochs", "4", "--patience", "1", "--tol", "10", "--no-early-stopping", "--quiet")
+    assert code == 0, err
+    assert "Ran all 4 epochs (--epochs)." in out and "for 4 epochs in" in out
+    assert "epoch" not in err  # --quiet
+
+    # with a validation part the rule watches its accuracy and keeps the best epoch's weights
+    model = workdir / "val.ndlm"
+    code, out, err = run(
+        *TRAIN, "--epochs", "20", "--patience", "1", "--tol", "10", "--validation-size", "0.2", "--save", model
+    )
+    assert code == 0, err
+    assert all("val acc" in l for l in err.splitlines() if "epoch" in l)
+    assert "at epoch 3 of at most 20: the validation accuracy did not improve" in out
+    scores = load_model(model).validation_scores_
+    best = int(np.argmax(scores))
+    assert f"kept the weights of epoch {best + 1} (validation accuracy {scores[best]:.4f})" in out
+    assert "| validation images | 40 |" in out and "| test images | 50 |" in out
+
+
+def test_train_out_folder(workdir):
+    import json
+
+    out_dir = workdir / "train-out"
+    code, out, err = run(*TRAIN, "--out", out_dir)
+    assert code == 0, err
+    for name in ("report.md", "report.json", "confusion_matrix.png", "learning_curves.png", "model.ndlm"):
+        assert (out_dir / name).is_file(), name
+    assert (out_dir / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    doc = json.loads((out_dir / "report.json").read_text())
+    clf = load_model(out_dir / "model.ndlm")
+    assert doc["extra"]["stopped"] == "ran all 1 epochs (--epochs)" and clf.n_iter_ == 1
+    assert doc["history"]["loss"] == pytest.approx(clf.loss_curve_) and doc["n_samples"] == 50
+    assert "| stopped | ran all 1 epochs (--epochs) |" in (out_dir / "report.md").read_text()
+
+    # no test part: the curves, the run's details and the model
+    code, out, err = run(*TRAIN, "--test-size", "0", "--out", workdir / "train-out-0")
+    assert code == 0, err
+    assert sorted(p.name for p in (workdir / "train-out-0").iterdir()) == [
+        "learning_curves.png",
+        "model.ndlm",
+        "report.json",
+    ]
 
 
 def test_predict_folder_skips_unreadable(trained, image_folder):

@@ -98,14 +98,21 @@ def _resolve_architecture(value):
 def _print_report(y_true, y_pred, classes, extra, out):
     """Overall accuracy, then ndlm_sk.report's tables (per-class precision, sensitivity,
     specificity, F1, confusion matrix) as Markdown."""
+    from .model_comparison import wilson_interval
     from .report import classification_report_ndlm, to_markdown
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     n_right = int(np.sum(y_true == y_pred))
-    print(f"Test accuracy: {100.0 * n_right / len(y_true):.2f}% ({n_right}/{len(y_true)} images)", file=out)
+    lo, hi = wilson_interval(n_right, len(y_true))
+    print(
+        f"Test accuracy: {100.0 * n_right / len(y_true):.2f}% ({n_right}/{len(y_true)} images; "
+        f"95 % Wilson interval {100 * lo:.1f}-{100 * hi:.1f} %)",
+        file=out,
+    )
     report = classification_report_ndlm(y_true, y_pred, labels=classes)
     print(file=out)
     print(to_markdown(report, extra=extra), file=out)
+    return report
 
 
 # --------------------------------------------------------------------------------- train
@@ -156,11 +163,108 @@ def _setup_train(sub):
         metavar="PRESET|FILE.json",
         help="a preset (ndlm, ndel, dfcn, dl, dftl, cdfl) or a JSON file with a list of layers (default: ndlm)",
     )
+    p.add_argument(
+        "--validation-size",
+        type=_fraction,
+        default=0.0,
+        help="stratified validation fraction, held out like the test part: its accuracy is shown every "
+        "epoch, early stopping watches it and the best epoch's weights are kept (default: 0, no validation "
+        "part: early stopping watches the training loss)",
+    )
+    g = p.add_argument_group("stopping (the run stops after --epochs at most)")
+    g.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=10,
+        help="stop early once the watched quantity (validation accuracy, else training loss) has not "
+        "improved by more than --tol for more than this many epochs in a row (default: 10, "
+        "NDLMClassifier's n_iter_no_change)",
+    )
+    g.add_argument("--tol", type=float, default=1e-4, help="the improvement that counts (default: 1e-4)")
+    g.add_argument("--no-early-stopping", action="store_true", help="run all --epochs (no stopping rule)")
     _add_augment_flag(p)
     _add_matlab_flags(p)
     p.add_argument("--save", metavar="MODEL", help="save the fitted model: MODEL.ndlm (safe format) or MODEL.joblib")
-    p.add_argument("--verbose", action="store_true", help="print one line per epoch")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write report.md, report.json, confusion_matrix.png, learning_curves.png and model.ndlm here",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no per-epoch progress lines on stderr (the results are still printed)"
+    )
+    p.add_argument("--verbose", action="store_true", help="also print the data loader's progress")
     p.set_defaults(run=_run_train)
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class _EpochProgress:
+    """Watches a fit epoch by epoch: one progress line per epoch on stderr (unless quiet), and
+    whether and why the estimator's stopping rule ended the run.
+
+    It wraps the instance's ``_stop_now`` (the estimator calls it once after every epoch of a
+    ``fit``, with the epoch's loss and validation accuracy) for the duration of the fit only."""
+
+    def __init__(self, clf, quiet):
+        self.clf, self.quiet = clf, quiet
+        self.stopped_by_rule = False
+
+    def __enter__(self):
+        rule = self.clf._stop_now
+        self.t0 = time.perf_counter()
+
+        def stop_now(loss, vscore, keep_best):
+            stop = rule(loss, vscore, keep_best)
+            self.stopped_by_rule = bool(stop)
+            self._line(loss, vscore)
+            return stop
+
+        self.clf._stop_now = stop_now
+        return self
+
+    def __exit__(self, *exc):
+        del self.clf._stop_now  # the class's method again (and nothing unpicklable left behind)
+
+    def _line(self, loss, vscore):
+        if self.quiet:
+            return
+        clf = self.clf
+        e, n = clf.n_iter_, clf.max_iter
+        elapsed = time.perf_counter() - self.t0
+        msg = f"epoch {e}/{n}: loss {loss:.4f}, train acc {clf.train_scores_[-1]:.3f}"
+        if vscore is not None:
+            msg += f", val acc {vscore:.3f}"
+        msg += f"; {_duration(elapsed)} elapsed"
+        if e < n:
+            msg += f", at most {_duration(elapsed / e * (n - e))} left"
+        _err(msg)
+
+    def reason(self, early_stopping, has_validation):
+        """Why the fit ended, in words."""
+        clf = self.clf
+        kept = ""
+        if early_stopping and has_validation:
+            scores = clf.validation_scores_
+            best = int(np.argmax(scores))
+            kept = f"; kept the weights of epoch {best + 1} (validation accuracy {scores[best]:.4f})"
+        if self.stopped_by_rule and clf.n_iter_ < clf.max_iter:
+            what = "the validation accuracy" if early_stopping and has_validation else "the training loss"
+            return (
+                f"stopped early at epoch {clf.n_iter_} of at most {clf.max_iter}: {what} did not improve by "
+                f"tol={clf.tol:g} or more for {clf.n_iter_no_change + 1} epochs in a row (--patience "
+                f"{clf.n_iter_no_change}){kept}; --no-early-stopping runs all epochs"
+            )
+        if clf.n_iter_ < clf.max_iter:
+            return f"interrupted at epoch {clf.n_iter_} of {clf.max_iter}{kept}"
+        return f"ran all {clf.max_iter} epochs (--epochs){kept}"
 
 
 def _run_train(args):
@@ -174,6 +278,8 @@ def _run_train(args):
         check_save_path(args.save)  # fail before training, not after
     if args.threads == 0:
         raise CLIError("--threads must not be 0")
+    if args.validation_size + args.test_size >= 1:
+        raise CLIError("--validation-size plus --test-size must leave images to train on (sum below 1)")
     architecture = _resolve_architecture(args.architecture)
     t0 = time.perf_counter()
     if args.data is None:
@@ -188,7 +294,10 @@ def _run_train(args):
         f"({time.perf_counter() - t0:.1f} s)",
         flush=True,
     )
-    idx_train, _, idx_test = split_indices(y, (1.0 - args.test_size, 0.0, args.test_size), random_state=args.seed)
+    sizes = (1.0 - args.validation_size - args.test_size, args.validation_size, args.test_size)
+    idx_train, idx_val, idx_test = split_indices(y, sizes, random_state=args.seed)
+    has_val = len(idx_val) > 0
+    early = not args.no_early_stopping
     clf = NDLMClassifier(
         architecture,
         max_iter=args.epochs,
@@ -197,38 +306,74 @@ def _run_train(args):
         random_state=args.seed,
         n_jobs=args.threads,
         augment=args.augment,
-        verbose=args.verbose,
+        early_stopping=early and has_val,
+        # without early stopping no rule may end the run: the count of epochs without improvement
+        # never exceeds max_iter
+        n_iter_no_change=args.patience if early else args.epochs,
+        tol=args.tol,
         **_matlab_options(args),
     )
+    val = (X[idx_val], y[idx_val]) if has_val else (None, None)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        # a fixed number of epochs is what was asked for: not a convergence problem
+    with warnings.catch_warnings(), _EpochProgress(clf, args.quiet) as progress:
+        # the CLI says why the run ended (below): not a convergence problem to warn about
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(X[idx_train], y[idx_train])
+        clf.fit(X[idx_train], y[idx_train], *val)
     dt = time.perf_counter() - t0
+    stopped = progress.reason(early, has_val)
     print(
         f"Trained {clf.n_params_} parameters on {len(idx_train)} images for {clf.n_iter_} "
-        f"epochs in {dt:.1f} s; final training loss {clf.loss_:.4f}",
+        f"epochs in {dt:.1f} s; training loss of the last epoch {clf.loss_:.4f}",
         flush=True,
     )
+    print(f"{stopped[0].upper()}{stopped[1:]}.", flush=True)
+    extra = {
+        "data": source,
+        "image size": f"{h}x{w}",
+        "architecture": args.architecture,
+        "epochs": clf.n_iter_,
+        "maximum epochs": args.epochs,
+        "stopped": stopped,
+        "batch size": args.batch_size,
+        "seed": args.seed,
+        "training images": len(idx_train),
+        "validation images": len(idx_val),
+        "test images": len(idx_test),
+        "training time (s)": round(dt, 1),
+    }
+    report = None
     if len(idx_test):
         y_pred = clf.predict(X[idx_test])
-        extra = {
-            "data": source,
-            "image size": f"{h}x{w}",
-            "architecture": args.architecture,
-            "epochs": clf.n_iter_,
-            "batch size": args.batch_size,
-            "seed": args.seed,
-            "training images": len(idx_train),
-            "test images": len(idx_test),
-            "training time (s)": round(dt, 1),
-        }
-        _print_report(y[idx_test], y_pred, clf.classes_, extra, sys.stdout)
+        report = _print_report(y[idx_test], y_pred, clf.classes_, extra, sys.stdout)
     if args.save:
         save_model_file(clf, args.save)
         print(f"Saved the model to {args.save}")
+    if args.out:
+        _write_train_outputs(args.out, clf, report, extra)
     return 0
+
+
+def _write_train_outputs(out, clf, report, extra):
+    """``--out``: the test report (reproduce's writer), the learning curves and the model."""
+    from .model_io import save_model
+    from .report import plot_learning_curves, to_json, write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    history = {"loss": clf.loss_curve_, "train_accuracy": clf.train_scores_, "iteration_loss": clf.batch_loss_curve_}
+    if clf.validation_scores_ is not None:
+        history["val_accuracy"] = clf.validation_scores_
+    if report is not None:
+        written = write_report(out, report, history=history, extra=extra)
+    else:  # no test part: no report to write, but the curves and the run's details
+        written = {"json": to_json({"extra": extra, "history": history}, out / "report.json")}
+        try:
+            written["learning_curves"] = plot_learning_curves(history, out / "learning_curves.png")
+        except ImportError as exc:
+            _err(f"learning curves skipped ({exc})")
+    written["model"] = out / "model.ndlm"
+    save_model(clf, written["model"])
+    print(f"Wrote {', '.join(Path(p).name for p in written.values())} to {out}")
 
 
 # --------------------------------------------------------------------------------- export-onnx
