@@ -63,6 +63,7 @@ def test_chunked_pass_equals_one_shot(data):
     X, y = data
     clf = NDLMClassifier(SMALL, input_normalization="zscore")
     clf.image_shape_ = X.shape[1:]
+    clf._fit_configuration()
 
     class Sink:
         input_norm = None
@@ -110,8 +111,10 @@ def test_partial_fit_and_warm_start_keep_the_first_fit(data):
         ws.fit(X[30:], y[30:])
         np.testing.assert_array_equal(ws.input_mean_, first)
         ws.set_params(input_normalization="none")
-        with pytest.raises(ValueError, match="input_normalization='none' but input_mean_"):
+        with pytest.raises(ValueError, match=r"warm_start=True.*input_normalization='none' .fitted: 'zero"):
             ws.fit(X, y)
+        with pytest.raises(ValueError, match="partial_fit continues.*input_normalization='none'"):
+            clf.set_params(input_normalization="none").partial_fit(X, y)
 
 
 def test_saved_in_ndlm_and_joblib_and_validated_on_load(data, tmp_path):
@@ -136,7 +139,7 @@ def test_saved_in_ndlm_and_joblib_and_validated_on_load(data, tmp_path):
     bad = dict(state, input_std_=np.full(3, np.nan, np.float32))
     with pytest.raises(ValueError, match="input_std_ must be a finite array"):
         NDLMClassifier().__setstate__(bad)
-    bad = dict(state, input_normalization="zerocenter")
+    bad = dict(state, input_normalization_="zerocenter")
     with pytest.raises(ValueError, match="input_std_ must be None"):
         NDLMClassifier().__setstate__(bad)
 

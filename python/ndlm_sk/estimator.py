@@ -96,7 +96,14 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     verbose : bool, default=False
         Print one line per epoch: loss, training accuracy, validation accuracy, seconds, images/s.
     warm_start : bool, default=False
-        Continue from the previous fit (weights and Adam state) instead of starting over.
+        Continue from the previous fit (weights and Adam state) instead of starting over. The
+        network it continues is the fitted one: a warm start (like a later ``partial_fit`` call)
+        raises ValueError if ``architecture``, ``image_shape``, ``input_scale``,
+        ``input_normalization`` or ``normalization_dimension`` now ask for another network, or X
+        has another image shape (as MLPClassifier refuses a warm start with other classes); set
+        ``warm_start=False`` to fit a new network. The training parameters (learning rate,
+        alpha, batch size, epochs, shuffling, augmentation, early stopping, batch-norm
+        statistics, threads) may change between warm starts.
     n_jobs : int or None, default=None
         OpenMP threads of the C++ core; None uses OpenMP's default (OMP_NUM_THREADS or all cores),
         except inside a Dask worker's task, where it is 1 (see :mod:`ndlm_sk.distributed`).
@@ -135,6 +142,12 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     n_features_in_ : height * width * channels of one input
     image_shape_ : (height, width, channels) the network was built for
     layers_ : the layer stack with every setting filled in
+    input_scale_, input_normalization_, normalization_dimension_ : the values of these parameters
+        at the fit that built the network. With ``image_shape_``, ``layers_``, ``input_mean_``
+        and ``input_std_`` they are what ``predict``, pickling, :func:`~ndlm_sk.save_model` and
+        ONNX export use: ``set_params`` after a fit changes the next new fit only.
+    input_mean_, input_std_ : the fitted input normalization (None where it does not apply)
+    batchnorm_statistics_ : the ``batchnorm_statistics`` of the last training call
     n_params_ : number of trainable parameters
     n_iter_ : epochs run; t_ : training images seen
     loss_, loss_curve_ : mean training loss of the last / every epoch
@@ -200,8 +213,11 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         self.batchnorm_l2_factor = batchnorm_l2_factor
 
     # ------------------------------------------------------------------ input checking
-    def _validate_X(self, X, reset):
-        """Check X and return it as a C-contiguous (n, H, W, C) uint8 or float32 array."""
+    def _validate_X(self, X, reset, continuing=False):
+        """Check X and return it as a C-contiguous (n, H, W, C) uint8 or float32 array.
+
+        ``continuing``: a warm start or a later partial_fit call, whose X must still be of the
+        fitted image shape as the ``image_shape`` parameter reads it."""
         if hasattr(X, "ndim") and getattr(X, "ndim", 2) >= 3:
             X = check_array(
                 X,
@@ -241,6 +257,12 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             ensure_min_features=1,
         )
         n, f = X.shape
+        if continuing and self.image_shape is None and self.image_shape_ != (1, 1, f):
+            raise ValueError(
+                f"image_shape=None reads rows of {f} features as 1x1x{f} images, but the network being "
+                f"continued was fitted on {'x'.join(map(str, self.image_shape_))} images; fit a new model "
+                "(warm_start=False) to change the input shape"
+            )
         if reset:
             shape = (1, 1, f) if self.image_shape is None else _check_image_shape(self.image_shape, "image_shape")
             if int(np.prod(shape)) != f:
@@ -308,18 +330,18 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"shuffle must be True, False or 'once', got {self.shuffle!r}")
 
     # ------------------------------------------------------------------ the core network
-    def _build_network(self, seed):
-        """The one path from this estimator's parameters into a new C++ network."""
-        stack = resolve_architecture(self.architecture)
-        n_threads = self._threads()
+    def _build_network(self, stack):
+        """The one path into a new C++ network: from a layer stack and the fitted configuration
+        (``image_shape_``, ``input_scale_``, ``classes_``, ``_seed``), never from the constructor
+        parameters, which ``set_params`` may have changed since the fit."""
         try:
             net = _core.Network(
                 stack,
                 self.image_shape_,
                 len(self.classes_),
-                seed=int(seed),
-                n_threads=n_threads,
-                input_scale=float(self.input_scale),
+                seed=int(self._seed),
+                n_threads=self._threads(),
+                input_scale=float(self.input_scale_),
             )
         except ValueError as e:
             h, w, c = self.image_shape_
@@ -327,6 +349,36 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         self._net = net
         self.layers_ = net.layers
         self.n_params_ = int(net.n_params)
+
+    def _fit_configuration(self):
+        """Record the parameters that build the network as fitted attributes (a new fit only)."""
+        self.input_scale_ = float(self.input_scale)
+        self.input_normalization_ = self.input_normalization
+        self.normalization_dimension_ = self.normalization_dimension
+
+    def _check_same_network(self, how):
+        """A warm start or a later partial_fit call continues the fitted network: the parameters
+        that build it must still ask for that network (as MLPClassifier refuses a warm start
+        with other classes)."""
+        changed = []
+        for name in ("input_scale", "input_normalization", "normalization_dimension"):
+            if getattr(self, name) != getattr(self, name + "_"):
+                changed.append(f"{name}={getattr(self, name)!r} (fitted: {getattr(self, name + '_')!r})")
+        if self.image_shape is not None and _check_image_shape(self.image_shape, "image_shape") != self.image_shape_:
+            changed.append(f"image_shape={tuple(self.image_shape)!r} (fitted: {self.image_shape_!r})")
+        stack = resolve_architecture(self.architecture)
+        if stack != self.layers_:  # compare with every setting filled in, as layers_ has them
+            try:
+                layers = _core.Network(stack, self.image_shape_, len(self.classes_), seed=0, n_threads=1).layers
+            except ValueError:
+                layers = None
+            if layers != self.layers_:
+                changed.append(f"architecture={self.architecture!r:.120} (does not build the fitted layers_)")
+        if changed:
+            raise ValueError(
+                f"{how} continues training the fitted network, but its parameters changed since the fit: "
+                f"{'; '.join(changed)}. Fit a new model (warm_start=False) to change the network."
+            )
 
     def _configure_network(self):
         self._net.n_threads = self._threads()
@@ -379,7 +431,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     def _fit(self, X, y, X_val, y_val, incremental, classes=None):
         self._check_params()
         continuing = hasattr(self, "_net") and (incremental or self.warm_start)
-        X = self._validate_X(X, reset=not continuing)
+        if continuing:
+            self._check_same_network("partial_fit" if incremental else "warm_start=True")
+        X = self._validate_X(X, reset=not continuing, continuing=continuing)
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
         y = column_or_1d(y, warn=True)
@@ -402,7 +456,8 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             else:
                 base = int(rs)
             self._seed = base
-            self._build_network(base)
+            self._fit_configuration()
+            self._build_network(resolve_architecture(self.architecture))
             self.n_iter_ = 0
             self.t_ = 0
             self.loss_curve_ = []
@@ -441,7 +496,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
 
         if not continuing:
             self._fit_input_normalization(X, train_idx)
-        else:  # kept from the first fit; raises if the parameter changed since
+        else:  # kept from the first fit
             self._apply_input_normalization()
 
         epochs = 1 if incremental else self.max_iter
@@ -487,6 +542,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             self._best_state = None
             if not incremental:  # a loop of partial_fit calls reuses the mini-batch buffers
                 self._net.release_buffers()
+        self.batchnorm_statistics_ = self.batchnorm_statistics  # where the batch-norm statistics come from
         if self.batchnorm_statistics == "population":  # of the kept (best) weights
             self._net.population_stats(X, np.ascontiguousarray(train_idx, dtype=np.int64), chunk=int(self.batch_size))
             if not incremental:
@@ -498,11 +554,11 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         """Mean (and deviation) of ``X[train_idx] * input_scale``: one pass, a float64 copy of one
         chunk of images at a time (never of X), chunks merged with Chan et al.'s pairwise formula."""
         self.input_mean_ = self.input_std_ = None
-        if self.input_normalization != "none":
-            axes = (0,) if self.normalization_dimension == "element" else (0, 1, 2)
+        if self.input_normalization_ != "none":
+            axes = (0,) if self.normalization_dimension_ == "element" else (0, 1, 2)
             n, mean, m2 = 0, 0.0, 0.0
             for s in range(0, len(train_idx), chunk):
-                xb = X[train_idx[s : s + chunk]].astype(np.float64) * float(self.input_scale)
+                xb = X[train_idx[s : s + chunk]].astype(np.float64) * self.input_scale_
                 nb = xb.size // int(np.prod([xb.shape[a] for a in range(1, 4) if a not in axes]))
                 mb = xb.mean(axis=axes)
                 m2b = ((xb - mb) ** 2).sum(axis=axes)
@@ -511,7 +567,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
                 m2 = m2 + m2b + delta**2 * n * nb / (n + nb)
                 n += nb
             self.input_mean_ = np.asarray(mean, dtype=np.float32)
-            if self.input_normalization == "zscore":
+            if self.input_normalization_ == "zscore":
                 std = np.sqrt(m2 / n)
                 self.input_std_ = np.where(std > 0, std, 1.0).astype(np.float32)
         self._apply_input_normalization()
@@ -519,24 +575,21 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     def _apply_input_normalization(self):
         """Hand the fitted mean / deviation to the core, broadcast to one (H, W, C) image."""
         mean, std = getattr(self, "input_mean_", None), getattr(self, "input_std_", None)
-        if (self.input_normalization == "none") != (mean is None) or (mean is None and std is not None):
-            raise ValueError(
-                f"input_normalization={self.input_normalization!r} but input_mean_ is {mean!r:.80} "
-                "(a warm start or partial_fit keeps the normalization of the first fit)"
-            )
+        if (self.input_normalization_ == "none") != (mean is None) or (mean is None and std is not None):
+            raise ValueError(f"input_normalization_={self.input_normalization_!r} but input_mean_ is {mean!r:.80}")
         if mean is None:
             self._net.input_norm = (np.zeros(0, np.float32), np.zeros(0, np.float32))
             return
-        shape = self.image_shape_ if self.normalization_dimension == "element" else self.image_shape_[2:]
+        shape = self.image_shape_ if self.normalization_dimension_ == "element" else self.image_shape_[2:]
         for name, a in (("input_mean_", mean), ("input_std_", std)):
-            if a is None and name == "input_std_" and self.input_normalization == "zerocenter":
+            if a is None and name == "input_std_" and self.input_normalization_ == "zerocenter":
                 continue
             if not isinstance(a, np.ndarray) or a.shape != tuple(shape) or not np.all(np.isfinite(a)):
                 raise ValueError(f"{name} must be a finite array of shape {tuple(shape)}, got {a!r:.80}")
-        if self.input_normalization == "zscore" and not np.all(std > 0):
+        if self.input_normalization_ == "zscore" and not np.all(std > 0):
             raise ValueError("input_std_ must be positive")
-        if self.input_normalization == "zerocenter" and std is not None:
-            raise ValueError("input_std_ must be None with input_normalization='zerocenter'")
+        if self.input_normalization_ == "zerocenter" and std is not None:
+            raise ValueError("input_std_ must be None with input_normalization_='zerocenter'")
         full = np.broadcast_to(mean, self.image_shape_).ravel()
         mult = np.ones_like(full) if std is None else 1.0 / np.broadcast_to(std, self.image_shape_).ravel()
         self._net.input_norm = (np.ascontiguousarray(full, np.float32), np.ascontiguousarray(mult, np.float32))
@@ -638,11 +691,21 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
                 state[name] = p.default
         self.__dict__.update(state)
         if net_state is not None:
+            # the network is rebuilt from its fitted configuration, never from the constructor
+            # parameters (set_params may have changed them after the fit); a model saved before
+            # these fitted attributes existed was saved with the parameters it was fitted with
+            for name in ("input_scale", "input_normalization", "normalization_dimension"):
+                if name + "_" not in state:
+                    setattr(self, name + "_", state[name])
             saved_layers = state.get("layers_")
-            self._build_network(self._seed)
-            if saved_layers is not None and [dict(l) for l in saved_layers] != list(self._net.layers):
+            stack = resolve_architecture(self.architecture) if saved_layers is None else saved_layers
+            if not isinstance(stack, list) or not all(isinstance(layer, dict) for layer in stack):
+                raise ValueError(f"layers_ must be a list of layer dicts, got {stack!r:.80}")
+            self._build_network([dict(layer) for layer in stack])
+            if saved_layers is not None and [dict(layer) for layer in saved_layers] != list(self._net.layers):
                 raise ValueError(
-                    "the saved layer stack (layers_) does not match the one the architecture parameter builds"
+                    "the saved layer stack (layers_) is not in the form the core builds from it "
+                    "(every setting filled in)"
                 )
             self._net.set_state(net_state)
             self._apply_input_normalization()

@@ -110,7 +110,7 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
     layers = list(net.layers)
     params = net.layer_params()
     h, w, c = (int(s) for s in estimator.image_shape_)
-    scale = float(np.float32(estimator.input_scale))
+    scale = float(np.float32(estimator.input_scale_))  # fitted, not the current parameter
     n_classes = len(estimator.classes_)
     label_type, label_values, classes_json, class_dtype = _class_tensor(estimator.classes_)
 
@@ -138,10 +138,10 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
     x = node("Mul", [x, const("input_scale", np.array(scale, dtype=np.float32))], "scaled")
     x = node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
     # input normalization (fitted mean / deviation), as load_batch: (x - shift) * mult
-    if getattr(estimator, "input_normalization", "none") != "none":
+    if estimator.input_normalization_ != "none":
         as_nchw = (
             (lambda a: a.reshape(1, c, 1, 1))
-            if estimator.normalization_dimension == "channel"
+            if estimator.normalization_dimension_ == "channel"
             else (lambda a: a.reshape(1, h, w, c).transpose(0, 3, 1, 2))
         )
         mean = as_nchw(np.asarray(estimator.input_mean_, dtype=np.float32))
@@ -249,7 +249,7 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
     meta = {
         "classes": json.dumps(classes_json),
         "class_dtype": class_dtype,
-        "input_scale": repr(float(estimator.input_scale)),
+        "input_scale": repr(float(estimator.input_scale_)),
         "image_shape": json.dumps([h, w, c]),
         "input_dtype": input_dtype,
         "layers": json.dumps([_jsonable_spec(s) for s in layers]),
