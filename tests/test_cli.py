@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import joblib
@@ -138,6 +139,30 @@ def test_train_progress_and_why_it_stopped(workdir):
     assert "| validation images | 40 |" in out and "| test images | 50 |" in out
 
 
+def test_train_small_class_hints(workdir):
+    root = workdir / "tiny"
+    for c, n in (("basophil", 4), ("monocyte", 1)):
+        (root / c).mkdir(parents=True)
+        for f in sorted((pbc_sample_path() / c).glob("*.jpg"))[:n]:
+            shutil.copy(f, root / c / f.name)
+    code, _, err = run(*TRAIN, "--data", root)
+    assert code == 2
+    assert "class monocyte has a single image: a stratified --test-size split needs at least 2 images" in err
+    assert "--test-size 0" in err and "least populated" not in err  # not scikit-learn's raw text
+    code, out, err = run(*TRAIN, "--data", root, "--test-size", "0", "--quiet")
+    assert code == 0 and "Trained" in out, err
+    # 2 images per class, but a test part smaller than the number of classes
+    for f in sorted((pbc_sample_path() / "monocyte").glob("*.jpg"))[1:3]:
+        shutil.copy(f, root / "monocyte" / f.name)
+    (root / "eosinophil").mkdir()
+    for f in sorted((pbc_sample_path() / "eosinophil").glob("*.jpg"))[:2]:
+        shutil.copy(f, root / "eosinophil" / f.name)
+    code, _, err = run(*TRAIN, "--data", root, "--test-size", "0.2")
+    assert code == 2, err
+    assert "cannot split 9 images of 3 classes (fewest: eosinophil 2, monocyte 3, basophil 4)" in err
+    assert "every part needs at least one image per class" in err
+
+
 def test_train_out_folder(workdir):
     import json
 
@@ -167,10 +192,19 @@ def test_predict_folder_skips_unreadable(trained, image_folder):
     model, _ = trained
     code, out, err = run("predict", model, image_folder, image_folder / "missing.jpg")
     assert code == 0
-    assert "broken.jpg" in err and "missing.jpg" in err and "skipped 2" in err
+    assert "broken.jpg: not a readable image (" in err and "missing.jpg: no such file or folder" in err
+    assert "notes.txt: not read: the extension is not one of .jpg" in err  # named, not silently ignored
     rows = list(csv.reader(io.StringIO(out)))
     assert rows[0] == ["file", "predicted"] + CLASSES
     rows = rows[1:]
+    # the closing summary: counts per predicted class, and every skipped file again with its reason
+    predicted = Counter(r[1] for r in rows)
+    summary = ", ".join(f"{c} {predicted.get(c, 0)}" for c in CLASSES)
+    last = err.strip().splitlines()[-2:]
+    assert last[0] == f"ndlm-sk: predicted 7 image(s): {summary}"
+    assert last[1].startswith("ndlm-sk: skipped 3 file(s): ") and all(
+        name in last[1] for name in ("broken.jpg (not a readable image", "missing.jpg (no such", "notes.txt (not read")
+    )
     assert len(rows) == 7 and not any("notes.txt" in r[0] for r in rows)
     assert any(r[0].endswith(os.path.join("deeper", "eo.jpg")) for r in rows)  # recursive
     # the same numbers as the estimator on images loaded by load_pbc (same resizing)

@@ -179,8 +179,15 @@ def test_errors(tmp_path, pbc_dir):
         load_pbc(tmp_path / "only_empty", cache=False)
     (tmp_path / "all_bad" / "k").mkdir(parents=True)
     (tmp_path / "all_bad" / "k" / "x.jpg").write_bytes(b"nope")
-    with pytest.raises(ValueError, match="could be decoded"):
+    with pytest.raises(ValueError, match="1 could not be decoded"):
         load_pbc(tmp_path / "all_bad", cache=False)
+    # copies of one image in two class folders: the label is unknown, nothing is left
+    for k in ("a", "b"):
+        (tmp_path / "all_copies" / k).mkdir(parents=True)
+        _write_image(tmp_path / "all_copies" / k / "x.jpg")
+    with pytest.raises(ValueError, match="2 were dropped as byte-identical copies") as info:
+        load_pbc(tmp_path / "all_copies", cache=False)
+    assert "decoded" not in str(info.value)
     with pytest.raises(NotADirectoryError):
         load_pbc(pbc_dir / "README.md", cache=False)
     for bad in (0, -3, (1, 2, 3), "300", 2.5, True):

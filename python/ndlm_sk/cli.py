@@ -295,7 +295,7 @@ def _run_train(args):
         flush=True,
     )
     sizes = (1.0 - args.validation_size - args.test_size, args.validation_size, args.test_size)
-    idx_train, idx_val, idx_test = split_indices(y, sizes, random_state=args.seed)
+    idx_train, idx_val, idx_test = _split_for_training(y, sizes, args.seed, split_indices)
     has_val = len(idx_val) > 0
     early = not args.no_early_stopping
     clf = NDLMClassifier(
@@ -351,6 +351,31 @@ def _run_train(args):
     if args.out:
         _write_train_outputs(args.out, clf, report, extra)
     return 0
+
+
+def _split_for_training(y, sizes, seed, split_indices):
+    """The stratified split of ``train``, with a hint instead of scikit-learn's message when
+    a class is too small to be split."""
+    if sizes[0] >= 1.0:
+        return split_indices(y, sizes, random_state=seed)
+    names, counts = np.unique(y, return_counts=True)
+    single = [str(k) for k, n in zip(names, counts) if n < 2]
+    parts = "--test-size" + (" and --validation-size" if sizes[1] > 0 else "")
+    if single:
+        raise CLIError(
+            f"class {', '.join(single)} has a single image: a stratified {parts} split needs at least 2 images "
+            "per class (one to train on, one to test). Add images to that class folder, remove it, or train on "
+            "every image with --test-size 0 (no test report)"
+        )
+    try:
+        return split_indices(y, sizes, random_state=seed)
+    except ValueError as e:  # e.g. a test part smaller than the number of classes
+        smallest = ", ".join(f"{k} {n}" for k, n in sorted(zip(names, counts), key=lambda t: t[1])[:3])
+        raise CLIError(
+            f"cannot split {len(y)} images of {len(names)} classes (fewest: {smallest}) into stratified parts "
+            f"of {sizes[0]:g} / {sizes[1]:g} / {sizes[2]:g}: every part needs at least one image per class; "
+            f"use more images or other {parts} ({e})"
+        ) from None
 
 
 def _write_train_outputs(out, clf, report, extra):
@@ -440,24 +465,34 @@ def _setup_predict(sub):
     p.set_defaults(run=_run_predict)
 
 
-def _image_files(paths):
-    """Expand folders (recursively, image extensions only, sorted); yield (path, error or None)."""
+def _image_files(paths, name_others=False):
+    """Expand folders (recursively, image extensions only, sorted); yield (path, error or None).
+
+    With ``name_others``, files in the folders without an image extension are yielded too, with
+    the reason they are not read."""
     from .datasets import IMAGE_EXTENSIONS
 
     for p in paths:
         if os.path.isdir(p):
-            found = []
+            found, others = [], []
             for root, dirs, files in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if d != "__MACOSX")
-                found.extend(os.path.join(root, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+                for f in files:
+                    (found if f.lower().endswith(IMAGE_EXTENSIONS) else others).append(os.path.join(root, f))
             if not found:
                 yield p, "no image files in this folder"
+            if name_others:
+                for f in sorted(others):
+                    yield f, f"not read: the extension is not one of {', '.join(IMAGE_EXTENSIONS)}"
             for f in sorted(found):
                 yield f, None
         elif os.path.exists(p):
             yield p, None
         else:
             yield p, "no such file or folder"
+
+
+_MAX_NAMED = 10  # skipped files named again in predict's closing summary
 
 
 def _run_predict(args):
@@ -490,10 +525,14 @@ def _run_predict(args):
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["file", "predicted"] + classes)
 
+    counts = dict.fromkeys(classes, 0)
+    skipped = []
+
     def flush(files, images):
         proba = clf.predict_proba(np.stack(images))
         labels = clf.classes_[np.argmax(proba, axis=1)]
         for f, lab, p in zip(files, labels, proba):
+            counts[str(lab)] += 1
             if writer is not None:
                 writer.writerow([f, lab] + [f"{v:.6f}" for v in p])
             else:
@@ -501,15 +540,16 @@ def _run_predict(args):
         out.flush()
 
     files, images = [], []
-    for path, error in _image_files(args.paths):
+    for path, error in _image_files(args.paths, name_others=True):
         if error is None:
             try:
                 images.append(read_image(path, (h, w), channels=c))
                 files.append(path)
             except Exception as e:  # noqa: BLE001 - any file Pillow cannot decode is skipped
-                error = f"{type(e).__name__}: {e}"
+                error = f"not a readable image ({type(e).__name__}: {e})"
         if error is not None:
             n_bad += 1
+            skipped.append((path, error))
             _err(f"skipped {path}: {error}")
             continue
         n_ok += 1
@@ -526,8 +566,11 @@ def _run_predict(args):
             cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
             cells += [v.rjust(wd) for v, wd in zip(r[2:], widths[2:])]
             print("  ".join(cells), file=out)
+    _err(f"predicted {n_ok} image(s): {', '.join(f'{k} {n}' for k, n in counts.items())}")
     if n_bad:
-        _err(f"predicted {n_ok} image(s), skipped {n_bad}")
+        named = "; ".join(f"{p} ({why})" for p, why in skipped[:_MAX_NAMED])
+        more = f"; and {n_bad - _MAX_NAMED} more named above" if n_bad > _MAX_NAMED else ""
+        _err(f"skipped {n_bad} file(s): {named}{more}")
     return 0 if n_ok else 1
 
 

@@ -578,8 +578,17 @@ def _build(root, labels, rels, hashes, read_errors, size_hw, deduplicate, n_jobs
     unreadable.sort()
     kept = [i for j, i in enumerate(candidates) if j not in bad]
     if not kept:
-        shown = ", ".join(r for r, _ in unreadable[:_MAX_LISTED])
-        raise ValueError(f"none of the {len(rels)} image files in {root} could be decoded (e.g. {shown})")
+        reasons = []
+        if unreadable:
+            shown = ", ".join(r for r, _ in unreadable[:_MAX_LISTED])
+            reasons.append(f"{len(unreadable)} could not be decoded (e.g. {shown})")
+        n_dup = len(rels) - len(unreadable)
+        if n_dup:
+            reasons.append(
+                f"{n_dup} were dropped as byte-identical copies, which leave no image when the copies are in "
+                "different class folders (their label is unknown; deduplicate=False keeps them)"
+            )
+        raise ValueError(f"no image left of the {len(rels)} image files in {root}: {'; '.join(reasons)}")
     meta = {
         "labels": [labels[i] for i in kept],
         "paths": [rels[i] for i in kept],
