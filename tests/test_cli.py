@@ -139,6 +139,17 @@ def test_train_progress_and_why_it_stopped(workdir):
     assert "| validation images | 40 |" in out and "| test images | 50 |" in out
 
 
+def test_train_classes_flag(image_folder):
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        code, out, err = run(*TRAIN, "--data", image_folder, "--classes", "monocyte, basophil", "--test-size", "0")
+    assert code == 0, err
+    assert "Loaded 6 images of 2 classes" in out
+    code, _, err = run(*TRAIN, "--data", image_folder, "--classes", "platelet")
+    assert code == 2 and "class folder(s) ['platelet'] not found" in err
+    code, _, err = run(*TRAIN, "--classes", "basophil")
+    assert code == 2 and "--classes needs --data" in err
+
+
 def test_train_small_class_hints(workdir):
     root = workdir / "tiny"
     for c, n in (("basophil", 4), ("monocyte", 1)):

@@ -138,3 +138,23 @@ def test_ablation_script_on_the_sample(tmp_path, capsys):
     }
     assert doc["chosen"] in ("ndlm_sk-defaults", "zerocenter")
     assert "test part" in (out / "results.md").read_text() and "chosen on validation" in capsys.readouterr().out
+
+
+def test_reproduce_uses_the_five_wbc_classes_of_a_full_release(tmp_path):
+    """The PBC release has 8 class folders: reproduce takes the paper's five unless told otherwise."""
+    import shutil
+
+    from ndlm_sk.cli import main
+
+    root = tmp_path / "PBC_dataset_normal_DIB"
+    shutil.copytree(pbc_sample_path(), root)
+    (root / "platelet").mkdir()
+    for f in sorted((root / "eosinophil").glob("*.jpg"))[:8]:  # not loaded together with eosinophil below
+        shutil.copy(f, root / "platelet" / f"PLT_{f.name}")
+    kw = dict(image_size=16, batch_size=32, threads=1, cache_dir=tmp_path / "cache", log=lambda m: None, epochs=1)
+    a = reproduce(root, tmp_path / "a", test=False, **kw)
+    assert a["config"]["classes"] == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    assert load_model(tmp_path / "a" / "best_model.ndlm").classes_.tolist() == a["config"]["classes"]
+    two = ["--image-size", "16", "--threads", "1", "--epochs", "1", "--no-test", "--classes", "basophil,platelet"]
+    assert main(["reproduce", "--data", str(root), "--out", str(tmp_path / "b"), *two]) == 0
+    assert load_model(tmp_path / "b" / "best_model.ndlm").classes_.tolist() == ["basophil", "platelet"]

@@ -75,6 +75,13 @@ def _fraction(text):
     return v
 
 
+def _class_list(text):
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected class folder names separated by commas, got {text!r}")
+    return names
+
+
 def _resolve_architecture(value):
     """A preset name, or a JSON file holding a list of layer dicts."""
     from .architectures import PRESETS
@@ -136,6 +143,13 @@ def _setup_train(sub):
         "--data",
         metavar="FOLDER",
         help="folder with one subfolder of images per class (default: the embedded 200-image PBC sample)",
+    )
+    p.add_argument(
+        "--classes",
+        type=_class_list,
+        metavar="A,B,...",
+        help="the class subfolders of --data to use (default: all; the paper's five in the PBC release: "
+        "basophil,eosinophil,lymphocyte,monocyte,neutrophil)",
     )
     p.add_argument(
         "--image-size",
@@ -283,10 +297,12 @@ def _run_train(args):
     architecture = _resolve_architecture(args.architecture)
     t0 = time.perf_counter()
     if args.data is None:
+        if args.classes:
+            raise CLIError("--classes needs --data (the embedded sample has the five classes)")
         X, y = load_pbc_sample(image_size=args.image_size)
         source = "the embedded PBC sample"
     else:
-        X, y = load_pbc(args.data, image_size=args.image_size, verbose=args.verbose)
+        X, y = load_pbc(args.data, image_size=args.image_size, classes=args.classes, verbose=args.verbose)
         source = args.data
     h, w = args.image_size
     print(
@@ -588,6 +604,14 @@ def _setup_reproduce(sub):
     )
     p.add_argument("--data", metavar="FOLDER", required=True, help="the PBC folder (one subfolder of images per class)")
     p.add_argument(
+        "--classes",
+        type=_class_list,
+        default=None,
+        metavar="A,B,...",
+        help="class subfolders to use (default: the paper's five, basophil,eosinophil,lymphocyte,monocyte,"
+        "neutrophil, so the PBC release's other folders ig, erythroblast and platelet are left out)",
+    )
+    p.add_argument(
         "--out",
         metavar="DIR",
         default="ndlm-reproduction",
@@ -698,6 +722,7 @@ def _run_reproduce(args):
         architecture=args.architecture,
         augment=args.augment,
         test=args.test,
+        **({} if args.classes is None else {"classes": args.classes}),
         log=lambda msg: print(msg, flush=True),
         **_matlab_options(args),
     )

@@ -41,6 +41,7 @@ from ._fileio import atomic_write
 __all__ = [
     "IMAGE_EXTENSIONS",
     "PBCDataWarning",
+    "WBC_CLASSES",
     "clear_cache",
     "default_cache_dir",
     "find_duplicates",
@@ -50,6 +51,11 @@ __all__ = [
     "split_indices",
     "train_val_test_split",
 ]
+
+#: The five white-cell classes of the PBC release that the NDLM paper uses (its folder names); the
+#: release's other three folders (``erythroblast``, ``ig``: immature granulocytes, ``platelet``)
+#: are not white cells of a 5-part differential.
+WBC_CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
 #: File name endings (case-insensitive) that :func:`load_pbc` reads; other files are ignored.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ._fileio import atomic_write
-from .datasets import load_pbc, split_indices
+from .datasets import WBC_CLASSES, load_pbc, split_indices
 from .report import classification_report_ndlm, write_report
 
 CHECKPOINT = "checkpoint.ndlm"
@@ -53,6 +53,7 @@ def reproduce(
     architecture="ndlm",
     augment=False,
     test=True,
+    classes=WBC_CLASSES,
     cache_dir=None,
     log=print,
     **options,
@@ -62,6 +63,8 @@ def reproduce(
     Model selection keeps the weights of the epoch with the best validation accuracy (MATLAB's
     "best validation" output network); with ``patience``, training also stops once the validation
     accuracy has not improved for that many epochs. The test part is evaluated once, at the end.
+    ``classes`` are the class folders used (default: the paper's five white-cell classes, so the
+    full PBC release with its 8 folders can be passed as it is; ``None``: every subfolder).
     ``options`` are MATLAB_OPTIONS (NDLMClassifier parameters). ``architecture`` "cdfl" and "ddfl"
     train Table III's two-network models (:mod:`ndlm_sk.table3`). Models are saved as ``.ndlm``.
     ``seed`` seeds the split and, unless ``model_seed`` is given, the model (initialization and
@@ -82,6 +85,7 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "data": str(Path(data).resolve()),
+        "classes": None if classes is None else sorted(classes),
         "epochs": int(epochs),
         "patience": patience,
         "image_size": int(image_size),
@@ -98,7 +102,9 @@ def reproduce(
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        X, y, paths = load_pbc(data, image_size, cache=True, cache_dir=cache_dir, verbose=True, return_paths=True)
+        X, y, paths = load_pbc(
+            data, image_size, classes=classes, cache=True, cache_dir=cache_dir, verbose=True, return_paths=True
+        )
     data_notes = [str(w.message) for w in caught]
     for note in data_notes:
         log(f"data: {note}")
@@ -117,8 +123,14 @@ def reproduce(
     if ckpt_path.exists() and hist_path.exists():
         history = json.loads(hist_path.read_text())
         fixed = ("data", "image_size", "batch_size", "seed", "model_seed", "threads", "architecture", "split")
-        fixed += ("augment",)
-        defaults = {"augment": False, "model_seed": history["config"].get("seed"), **MATLAB_OPTIONS}
+        fixed += ("augment", "classes")
+        # runs from before an option existed ran with what is now its default
+        defaults = {
+            "augment": False,
+            "model_seed": history["config"].get("seed"),
+            "classes": sorted(WBC_CLASSES),
+            **MATLAB_OPTIONS,
+        }
         if any(history["config"].get(k, defaults.get(k)) != config[k] for k in fixed + tuple(MATLAB_OPTIONS)):
             raise ValueError(
                 f"{out} holds a run with another configuration {history.get('config')}; use another --out folder"
