@@ -1,6 +1,10 @@
 """NDLM on a Dask LocalCluster (127.0.0.1, 2 worker processes x 1 thread, no dashboard)."""
 
+import contextlib
+import csv
+import io
 import os
+import shutil
 import sys
 import warnings
 
@@ -11,7 +15,9 @@ import pytest
 distributed = pytest.importorskip("distributed")
 
 from ndlm_sk import NDLMClassifier  # noqa: E402
+from ndlm_sk.cli import _image_files, predict_entries  # noqa: E402
 from ndlm_sk.datasets import load_pbc_sample  # noqa: E402
+from ndlm_sk.model_io import load_model  # noqa: E402
 from sklearn.model_selection import GridSearchCV, cross_val_score, cross_validate  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -106,3 +112,108 @@ def test_grid_search_on_the_cluster_equals_local(client, data):
             remote = GridSearchCV(small(), grid, cv=2, n_jobs=-1).fit(X, y)
     np.testing.assert_array_equal(remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
     assert remote.best_params_ == local.best_params_
+
+
+# ------------------------------------------------------------------------- predict_files / predict --scheduler
+def run_cli(*argv):
+    from ndlm_sk.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, data):
+    """A saved model and a tree of 24 sample images (nested folders) with one corrupt file."""
+    from ndlm_sk.datasets import pbc_sample_path
+    from ndlm_sk.model_io import save_model
+
+    root = tmp_path_factory.mktemp("archive")
+    model = root / "m.ndlm"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_model(small(n_jobs=1).fit(*data), model)
+    images = root / "images"
+    for i, c in enumerate(sorted(p.name for p in pbc_sample_path().iterdir() if p.is_dir())):
+        sub = images / c / ("deeper" if i % 2 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        for f in sorted((pbc_sample_path() / c).glob("*.jpg"))[:5]:
+            shutil.copy(f, sub / f.name)
+    (images / "basophil" / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return model, images
+
+
+def parse_csv(text):
+    rows = list(csv.reader(io.StringIO(text)))
+    return rows[0], rows[1:]
+
+
+def test_predict_on_the_cluster_equals_local_predict(client, archive):
+    model, images = archive
+    code, out, err = run_cli("predict", model, images, "--threads", "1")
+    assert code == 0 and "corrupt.jpg" in err
+    header, local = parse_csv(out)
+    assert len(local) == 25
+    code, out, err = run_cli("predict", model, images, "--scheduler", client.scheduler.address, "--chunk-size", "3")
+    assert code == 0
+    assert f"skipped {images / 'basophil' / 'corrupt.jpg'}: not a readable image (UnidentifiedImageError" in err
+    assert "predicted 25 image(s): " in err and "skipped 1 file(s)" in err
+    assert "ndlm-sk predict: 26/26 files (100 %)" in err
+    remote_header, remote = parse_csv(out)
+    assert remote_header == header
+    assert [r[:2] for r in remote] == [r[:2] for r in local]  # same files in the same order, same labels
+    np.testing.assert_allclose(np.array(remote)[:, 2:].astype(float), np.array(local)[:, 2:].astype(float), atol=2e-6)
+
+    # the function: one Prediction per file, the corrupt one with its error; the model loaded once
+    # per worker process and one copy per task running at a time (1 thread per worker here)
+    from ndlm_sk import distributed as nd
+
+    preds = list(nd.predict_files(model, [images], client, chunk_size=5, progress=False))
+    assert [p.file for p in preds if p.error is None] == [r[0] for r in local]
+    assert [p.label for p in preds if p.error is None] == [r[1] for r in local]
+    assert [p.file for p in preds if p.error] == [str(images / "basophil" / "corrupt.jpg")]
+
+    def cached():
+        return [(k[0], s.model is not None, len(s.free)) for k, s in nd._MODELS.items()]
+
+    assert sorted(client.run(cached).values()) == [[(str(model), True, 1)]] * 2
+
+
+def test_a_worker_killed_mid_prediction_loses_and_duplicates_no_row(client, archive, tmp_path):
+    """One worker process dies (os._exit) when its second chunk starts; Dask reruns its tasks (the
+    one it was running, the finished ones whose results it held) elsewhere; every file comes back once."""
+    from ndlm_sk import distributed as nd
+
+    model, images = archive
+    marker = tmp_path / "killed"
+
+    class KillOnce(distributed.WorkerPlugin):  # defined here: pickled by value for the workers
+        def __init__(self, marker):
+            self.marker, self.n = marker, 0
+
+        def transition(self, key, start, finish, **kwargs):
+            if finish == "executing" and "_predict_chunk" in str(key):
+                self.n += 1
+                if self.n == 2:
+                    try:
+                        os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    except FileExistsError:  # the other worker, or this one after its restart
+                        return
+                    os._exit(1)
+
+    # last test of the module (its cluster has a fresh worker after it): no wait for the replacement
+    pids = set(client.run(os.getpid).values())
+    client.register_plugin(KillOnce(str(marker)), name="kill-once")
+    try:
+        preds = list(nd.predict_files(model, [images], client, chunk_size=2, progress=False))
+    finally:
+        client.unregister_worker_plugin("kill-once")
+    assert marker.exists()  # a worker did die
+    assert len(pids - set(client.run(os.getpid).values())) == 1
+    clf = load_model(model)
+    clf.n_jobs = 1
+    local = list(predict_entries(clf, _image_files([str(images)], name_others=True)))
+    assert [p.file for p in preds] == [p.file for p in local]  # each file once, in order
+    assert [p.label for p in preds] == [p.label for p in local]

@@ -4,7 +4,7 @@ Subcommands::
 
     ndlm-sk train [--data FOLDER] [--image-size 300] [--epochs 100] ... [--save MODEL]
     ndlm-sk export-onnx MODEL OUT.onnx [--input-dtype uint8|float32]
-    ndlm-sk predict MODEL IMAGE_OR_FOLDER... [--format csv|table] [--image-size auto]
+    ndlm-sk predict MODEL IMAGE_OR_FOLDER... [--format csv|table] [--image-size auto] [--scheduler ADDRESS]
     ndlm-sk evaluate MODEL LABELED_FOLDER [--out DIR]
     ndlm-sk reproduce --data FOLDER [--out DIR] [--epochs 100] [--patience N] ...
     ndlm-sk count FOLDER --model MODEL [--out DIR] [--reference FILE.json] [--wbc X]
@@ -26,6 +26,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -477,7 +478,21 @@ def _setup_predict(sub):
         "'auto' (default) uses the size the model was trained on, which an "
         "explicit size must equal",
     )
-    p.add_argument("--threads", type=int, default=None, help="threads of the C++ core")
+    p.add_argument(
+        "--threads", type=int, default=None, help="threads of the C++ core (with --scheduler: per task, default 1)"
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="classify on a Dask cluster (e.g. tcp://HOST:8786): the workers read the files and the model at "
+        "the same paths (a shared file system); rows come back in order; needs ndlm_sk[dask]",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=_PREDICT_CHUNK,
+        help=f"with --scheduler: files per task (default: {_PREDICT_CHUNK})",
+    )
     p.set_defaults(run=_run_predict)
 
 
@@ -511,19 +526,21 @@ def _image_files(paths, name_others=False):
 _MAX_NAMED = 10  # skipped files named again in predict's closing summary
 
 
-def _run_predict(args):
-    from .datasets import read_image
-    from .model_io import load_model_file
+class Prediction(NamedTuple):
+    """One image's result: its label and class probabilities, or the error that skipped it."""
 
-    clf = load_model_file(args.model)
-    if args.threads is not None:
-        if args.threads == 0:
-            raise CLIError("--threads must not be 0")
-        clf.n_jobs = args.threads
+    file: str
+    label: Optional[str]
+    proba: Optional[np.ndarray]
+    error: Optional[str]
+
+
+def _check_predict_model(clf, image_size):
+    """The model's (height, width, channels); raise CLIError if ``image_size`` (text) differs."""
     h, w, c = (int(s) for s in clf.image_shape_)
-    if args.image_size != "auto":
+    if image_size != "auto":
         try:
-            size = _image_size(args.image_size)
+            size = _image_size(image_size)
         except argparse.ArgumentTypeError as e:
             raise CLIError(f"--image-size: {e}") from None
         if size != (h, w):
@@ -532,48 +549,70 @@ def _run_predict(args):
             )
     if c not in (1, 3):
         raise CLIError(f"the model takes {c}-channel images; predict reads RGB or grayscale files")
-    classes = [str(k) for k in clf.classes_]
-    out = sys.stdout
-    n_ok = n_bad = 0
-    rows = []  # for the table format (widths need every row)
-    writer = None
-    if args.format == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["file", "predicted"] + classes)
+    return h, w, c
 
-    counts = dict.fromkeys(classes, 0)
-    skipped = []
 
-    def flush(files, images):
-        proba = clf.predict_proba(np.stack(images))
-        labels = clf.classes_[np.argmax(proba, axis=1)]
-        for f, lab, p in zip(files, labels, proba):
-            counts[str(lab)] += 1
-            if writer is not None:
-                writer.writerow([f, lab] + [f"{v:.6f}" for v in p])
+def predict_entries(clf, entries, chunk=_PREDICT_CHUNK):
+    """Classify ``(path, error or None)`` entries (as :func:`_image_files` yields them): yield one
+    :class:`Prediction` per entry, in order, decoding and predicting ``chunk`` images at a time."""
+    from .datasets import read_image
+
+    h, w, c = (int(s) for s in clf.image_shape_)
+    pending = []  # (path, image or None, error or None), in order
+
+    def flush():
+        images = [im for _, im, _ in pending if im is not None]
+        proba = clf.predict_proba(np.stack(images)) if images else None
+        k = 0
+        for path, im, error in pending:
+            if im is None:
+                yield Prediction(path, None, None, error)
             else:
-                rows.append([f, str(lab)] + [f"{v:.4f}" for v in p])
-        out.flush()
+                yield Prediction(path, str(clf.classes_[np.argmax(proba[k])]), proba[k], None)
+                k += 1
+        pending.clear()
 
-    files, images = [], []
-    for path, error in _image_files(args.paths, name_others=True):
+    n_images = 0
+    for path, error in entries:
+        image = None
         if error is None:
             try:
-                images.append(read_image(path, (h, w), channels=c))
-                files.append(path)
+                image = read_image(path, (h, w), channels=c)
             except Exception as e:  # noqa: BLE001 - any file Pillow cannot decode is skipped
                 error = f"not a readable image ({type(e).__name__}: {e})"
-        if error is not None:
-            n_bad += 1
-            skipped.append((path, error))
-            _err(f"skipped {path}: {error}")
+        pending.append((path, image, error))
+        n_images += image is not None
+        if n_images >= chunk:
+            yield from flush()
+            n_images = 0
+    yield from flush()
+
+
+def write_predictions(predictions, classes, fmt="csv", out=None):
+    """Write :class:`Prediction` rows as ``predict`` prints them (CSV streamed row by row, or an
+    aligned table at the end); each skipped file on stderr as it comes, then a summary (images per
+    predicted class, the skipped files again). Returns the number of images predicted."""
+    out = sys.stdout if out is None else out
+    rows = []  # for the table format (widths need every row)
+    writer = None
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["file", "predicted"] + classes)
+    counts = dict.fromkeys(classes, 0)
+    skipped = []
+    for pred in predictions:
+        if pred.error is not None:
+            skipped.append((pred.file, pred.error))
+            _err(f"skipped {pred.file}: {pred.error}")
             continue
-        n_ok += 1
-        if len(images) >= _PREDICT_CHUNK:
-            flush(files, images)
-            files, images = [], []
-    if images:
-        flush(files, images)
+        counts[pred.label] += 1
+        if writer is not None:
+            writer.writerow([pred.file, pred.label] + [f"{v:.6f}" for v in pred.proba])
+            if sum(counts.values()) % _PREDICT_CHUNK == 0:
+                out.flush()
+        else:
+            rows.append([pred.file, pred.label] + [f"{v:.4f}" for v in pred.proba])
+    out.flush()
     if writer is None and rows:
         header = ["file", "predicted"] + classes
         widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
@@ -582,12 +621,38 @@ def _run_predict(args):
             cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
             cells += [v.rjust(wd) for v, wd in zip(r[2:], widths[2:])]
             print("  ".join(cells), file=out)
+    n_ok, n_bad = sum(counts.values()), len(skipped)
     _err(f"predicted {n_ok} image(s): {', '.join(f'{k} {n}' for k, n in counts.items())}")
     if n_bad:
         named = "; ".join(f"{p} ({why})" for p, why in skipped[:_MAX_NAMED])
         more = f"; and {n_bad - _MAX_NAMED} more named above" if n_bad > _MAX_NAMED else ""
         _err(f"skipped {n_bad} file(s): {named}{more}")
-    return 0 if n_ok else 1
+    return n_ok
+
+
+def _run_predict(args):
+    from .model_io import load_model_file
+
+    clf = load_model_file(args.model)
+    if args.threads is not None:
+        if args.threads == 0:
+            raise CLIError("--threads must not be 0")
+        clf.n_jobs = args.threads
+    _check_predict_model(clf, args.image_size)
+    classes = [str(k) for k in clf.classes_]
+    if args.scheduler:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise CLIError("--scheduler needs Dask: pip install 'ndlm_sk[dask]'") from None
+        from .distributed import predict_files
+
+        predictions = predict_files(
+            args.model, args.paths, scheduler=args.scheduler, threads=args.threads, chunk_size=args.chunk_size
+        )
+    else:
+        predictions = predict_entries(clf, _image_files(args.paths, name_others=True))
+    return 0 if write_predictions(predictions, classes, args.format) else 1
 
 
 # --------------------------------------------------------------------------------- main
