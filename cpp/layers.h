@@ -32,9 +32,12 @@ namespace ref {
 
 // ---- softmax + cross-entropy (mean over the batch) -----------------------------------------
 // logits, probs, dlogits: (N, K); labels in [0, K). crossentropy_backward returns the mean loss
-// and writes dlogits = (p - 1_y) / N (skipped when null)
+// and writes dlogits = (p - 1_y) / N (skipped when null). With per-sample weights w (null: all 1):
+// the weighted mean sum_n w_n loss_n / sum_n w_n and dlogits = w_n (p - 1_y) / sum_n w_n (zero
+// loss and gradient when the weights sum to 0); weights 1 give the unweighted bits.
 void softmax_forward(float* probs, const float* logits, int N, int K);
-float crossentropy_backward(float* dlogits, const float* probs, const int32_t* labels, int N, int K);
+float crossentropy_backward(float* dlogits, const float* probs, const int32_t* labels, int N, int K,
+                            const float* weights = nullptr);
 
 }  // namespace ref
 }  // namespace ndlm

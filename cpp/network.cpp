@@ -529,7 +529,7 @@ void Network::forward(int64_t B, bool train, bool update_running) {
 }
 
 // Softmax cross-entropy on the last activation, then every layer's backward; returns the loss.
-float Network::backward(const int32_t* y, int64_t B, int64_t* n_correct) {
+float Network::backward(const int32_t* y, const float* w, int64_t B, int64_t* n_correct) {
     const int N = int(B);
     const size_t nl = layers_.size();
     size_t last = nl;  // layers [0, last) are back-propagated through
@@ -551,7 +551,7 @@ float Network::backward(const int32_t* y, int64_t B, int64_t* n_correct) {
     if (n_correct) *n_correct = correct;
     int cur = 0;
     float* dout = dbuf_[cur].data();
-    const float loss = ref::crossentropy_backward(dout, probs, y, N, K_);
+    const float loss = ref::crossentropy_backward(dout, probs, y, N, K_, w);
     std::memset(grads(), 0, sizeof(float) * size_t(P_));
     for (size_t li = last; li-- > 0;) {
         const double t0 = omp_get_wtime();
@@ -645,25 +645,26 @@ void Network::adam_update() {
 }
 
 std::pair<float, int64_t> Network::train_step(const ImageBatch& X, const int64_t* idx, const int32_t* y,
-                                              int64_t B) {
+                                              int64_t B, const float* w) {
     omp_set_num_threads(n_threads_);
     ensure_buffers(B);
     load_batch(acts_[0].data(), X, idx, B);
     forward(B, true, true);
     int64_t correct = 0;
-    const float loss = backward(y, B, &correct);
+    const float loss = backward(y, w, B, &correct);
     if (!std::isfinite(loss))
         throw std::runtime_error("training diverged: the loss is not finite (lower learning_rate_init?)");
     adam_update();
     return {loss, correct};
 }
 
-float Network::loss_and_grad(const ImageBatch& X, const int64_t* idx, const int32_t* y, int64_t B) {
+float Network::loss_and_grad(const ImageBatch& X, const int64_t* idx, const int32_t* y, int64_t B,
+                             const float* w) {
     omp_set_num_threads(n_threads_);
     ensure_buffers(B);
     load_batch(acts_[0].data(), X, idx, B);
     forward(B, true, false);
-    return backward(y, B, nullptr);
+    return backward(y, w, B, nullptr);
 }
 
 void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk) {

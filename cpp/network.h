@@ -75,12 +75,14 @@ class Network {
     Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n_classes, uint64_t seed,
             int n_threads, float input_scale, bool fuse = true);
 
-    // One mini-batch of Adam: images X[idx[i]] with labels y[i]. Returns (mean loss, n correct).
+    // One mini-batch of Adam: images X[idx[i]] with labels y[i] and per-sample weights w[i] (null:
+    // all 1). Returns (mean loss, n correct); the loss is the weighted mean sum w_i loss_i / sum w_i.
     std::pair<float, int64_t> train_step(const ImageBatch& X, const int64_t* idx, const int32_t* y,
-                                         int64_t B);
+                                         int64_t B, const float* w = nullptr);
     // Loss and gradient (into grads()) on images X[idx], batch statistics, no update of
     // running statistics or parameters: the function finite-difference checks differentiate.
-    float loss_and_grad(const ImageBatch& X, const int64_t* idx, const int32_t* y, int64_t B);
+    float loss_and_grad(const ImageBatch& X, const int64_t* idx, const int32_t* y, int64_t B,
+                        const float* w = nullptr);
     // Class probabilities of the m images X[idx[i]] (idx null: the first m) with running
     // statistics (inference), in chunks of `chunk` images; out: (m, n_classes).
     void predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk);
@@ -126,7 +128,7 @@ class Network {
     void ensure_buffers(int64_t B);
     void load_batch(float* dst, const ImageBatch& X, const int64_t* idx, int64_t B) const;
     void forward(int64_t B, bool train, bool update_running);
-    float backward(const int32_t* y, int64_t B, int64_t* n_correct);
+    float backward(const int32_t* y, const float* w, int64_t B, int64_t* n_correct);
     void adam_update();
     void plan_segments();
     void update_running(const Layer& L, const float* mean, const float* rstd, int64_t N);

@@ -124,9 +124,10 @@ def winner_take_all(p):
     return out
 
 
-def cross_entropy(p, y):
+def cross_entropy(p, y, w=None):
+    """Mean cross-entropy; with per-sample weights w the weighted mean sum w_i l_i / sum w_i."""
     p = np.asarray(p, f64)
-    return float(-np.mean(np.log(p[np.arange(len(p)), np.asarray(y)])))
+    return float(-np.average(np.log(p[np.arange(len(p)), np.asarray(y)]), weights=w))
 
 
 # ---- a whole layer stack ------------------------------------------------------------------------

@@ -164,9 +164,9 @@ class _SpyX(NDLMClassifier):
 
     seen = []
 
-    def _run_epoch(self, X, y_enc, train_idx):
+    def _run_epoch(self, X, y_enc, train_idx, w=None):
         _SpyX.seen.append(X)
-        return super()._run_epoch(X, y_enc, train_idx)
+        return super()._run_epoch(X, y_enc, train_idx, w)
 
 
 def test_uint8_images_are_not_copied_to_float():
@@ -272,12 +272,12 @@ class _InterruptedAtEpoch2(NDLMClassifier):
 
     mid_epoch = False
 
-    def _run_epoch(self, X, y_enc, train_idx):
+    def _run_epoch(self, X, y_enc, train_idx, w=None):
         if self.n_iter_ == 1:
             if _InterruptedAtEpoch2.mid_epoch:
-                super()._run_epoch(X, y_enc, train_idx[: self.batch_size])  # one more step
+                super()._run_epoch(X, y_enc, train_idx[: self.batch_size], w)  # one more step
             raise KeyboardInterrupt
-        return super()._run_epoch(X, y_enc, train_idx)
+        return super()._run_epoch(X, y_enc, train_idx, w)
 
 
 @pytest.mark.parametrize("mid_epoch", [False, True], ids=["between-epochs", "mid-epoch"])
@@ -406,9 +406,9 @@ def test_fit_uses_the_given_validation_set(easy):
 class _SpyTrainIdx(NDLMClassifier):
     train_idx = None
 
-    def _run_epoch(self, X, y_enc, train_idx):
+    def _run_epoch(self, X, y_enc, train_idx, w=None):
         _SpyTrainIdx.train_idx = np.array(train_idx)
-        return super()._run_epoch(X, y_enc, train_idx)
+        return super()._run_epoch(X, y_enc, train_idx, w)
 
 
 def test_early_stopping_with_held_out_fraction(easy):

@@ -167,6 +167,7 @@ def test_generic_encoding_round_trip():
         "strs": np.array(["a", "bé"]),
         "objs": np.array(["x", 3, None], dtype=object),
         "empty": np.zeros((0, 2)),
+        "int_keys": {0: 1.0, np.int64(3): 2.5, "s": None, 2.5: [1]},  # class_weight={label: weight}
     }
     enc = _encode(state, arrays, "state")
     text = json.dumps(enc, allow_nan=False)  # standard JSON only
@@ -177,6 +178,8 @@ def test_generic_encoding_round_trip():
     assert dec["np"][0] == np.float64(0.1) and dec["np"][3] == np.float32(1.5)
     assert dec["tag_lookalike"] == {"__tuple__": [1, 2]}
     assert dec["two_keys"] == {"__array__": "a0", "other": 1}
+    assert dec["int_keys"] == {0: 1.0, 3: 2.5, "s": None, 2.5: [1]}
+    assert [type(k) for k in dec["int_keys"]] == [int, np.int64, str, float]
     for k in ("arr", "strs", "objs", "empty"):
         assert dec[k].dtype == state[k].dtype and dec[k].shape == state[k].shape
         np.testing.assert_array_equal(dec[k], state[k])
@@ -184,6 +187,10 @@ def test_generic_encoding_round_trip():
         _encode({"f": lambda: 0}, {}, "state")
     with pytest.raises(TypeError, match="object array"):
         _encode(np.array([object()]), {}, "state")
+    with pytest.raises(TypeError, match="dict keys"):
+        _encode({(1, 2): 0}, {}, "state")
+    with pytest.raises(ValueError, match="bad dict key"):
+        _decode({"__items__": [[[1, 2], 0]]}, {})
 
 
 # ----------------------------------------------------------------------------- broken files

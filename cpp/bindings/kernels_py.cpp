@@ -229,18 +229,25 @@ void bind_kernels(py::module_& k) {
         py::arg("dy"), py::arg("x"), py::arg("w"), py::arg("impl") = "fast");
     k.def(
         "softmax_crossentropy",
-        [](FArr logits, py::array_t<int32_t, py::array::c_style | py::array::forcecast> y) {
+        [](FArr logits, py::array_t<int32_t, py::array::c_style | py::array::forcecast> y, py::object w_obj) {
             need_ndim(logits, 2, "logits");
             const int N = int(logits.shape(0)), K = int(logits.shape(1));
             if (y.size() != N) throw py::value_error("one label per row");
+            std::vector<float> w;
+            if (!w_obj.is_none()) {
+                FArr wa = py::cast<FArr>(w_obj);
+                if (wa.size() != N) throw py::value_error("one weight per row");
+                w.assign(wa.data(), wa.data() + N);
+            }
             for (int i = 0; i < N; i++)
                 if (y.data()[i] < 0 || y.data()[i] >= K) throw py::value_error("label out of range");
             FArr p({N, K}), d({N, K});
             ref::softmax_forward(p.mutable_data(), logits.data(), N, K);
-            const float loss = ref::crossentropy_backward(d.mutable_data(), p.data(), y.data(), N, K);
+            const float loss = ref::crossentropy_backward(d.mutable_data(), p.data(), y.data(), N, K,
+                                                         w.empty() ? nullptr : w.data());
             return py::make_tuple(loss, p, d);
         },
-        py::arg("logits"), py::arg("y"));
+        py::arg("logits"), py::arg("y"), py::arg("w") = py::none());
 }
 
 }  // namespace py_bindings

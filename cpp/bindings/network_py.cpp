@@ -125,6 +125,18 @@ std::vector<T> int_values(const py::handle& h, const char* what, int64_t limit) 
     return out;
 }
 
+// Optional per-sample weights (None: all 1, the unweighted path): n finite values >= 0.
+std::vector<float> weight_values(const py::object& h, int64_t n) {
+    if (h.is_none()) return {};
+    auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(h);
+    if (!a) throw py::value_error("sample weights must be an array of numbers");
+    if (a.size() != n) throw py::value_error("one sample weight per image");
+    std::vector<float> out(a.data(), a.data() + a.size());
+    for (float v : out)
+        if (!(std::isfinite(v) && v >= 0.f)) throw py::value_error("sample weights must be finite and >= 0");
+    return out;
+}
+
 // The images an optional index array selects: all m = b.n of them (ptr() null) or X[idx].
 struct Selection {
     std::vector<int64_t> idx;
@@ -218,40 +230,44 @@ void bind_network(py::module_& m) {
             py::arg("bn_l2_factor") = 0.f)
         .def(
             "train_step",
-            [](Network& n, const py::array& X, const py::object& idx_obj, const py::object& y_obj) {
+            [](Network& n, const py::array& X, const py::object& idx_obj, const py::object& y_obj,
+               const py::object& w_obj) {
                 ImageBatch b = image_batch(X, n);
                 const std::vector<int64_t> idx = int_values<int64_t>(idx_obj, "image index", b.n);
                 const std::vector<int32_t> y = int_values<int32_t>(y_obj, "label", n.n_classes());
                 const int64_t B = int64_t(idx.size());
                 if (B < 1) throw py::value_error("empty mini-batch");
                 if (int64_t(y.size()) != B) throw py::value_error("one label per index");
+                const std::vector<float> w = weight_values(w_obj, B);
                 std::pair<float, int64_t> r;
                 {
                     py::gil_scoped_release nogil;
                     std::lock_guard<std::mutex> g(n.mutex());
-                    r = n.train_step(b, idx.data(), y.data(), B);
+                    r = n.train_step(b, idx.data(), y.data(), B, w.empty() ? nullptr : w.data());
                 }
                 return py::make_tuple(r.first, r.second);
             },
-            py::arg("X"), py::arg("idx"), py::arg("y"),
-            "One Adam step on the images X[idx] with labels y; returns (mean loss, number correct)")
+            py::arg("X"), py::arg("idx"), py::arg("y"), py::arg("w") = py::none(),
+            "One Adam step on the images X[idx] with labels y and optional per-sample weights w; returns "
+            "(mean loss, number correct), the loss a weighted mean sum w_i loss_i / sum w_i")
         .def(
             "loss_and_grad",
-            [](Network& n, const py::array& X, const py::object& y_obj) {
+            [](Network& n, const py::array& X, const py::object& y_obj, const py::object& w_obj) {
                 ImageBatch b = image_batch(X, n);
                 if (b.n < 1) throw py::value_error("empty batch");
                 const std::vector<int32_t> y = int_values<int32_t>(y_obj, "label", n.n_classes());
                 if (int64_t(y.size()) != b.n) throw py::value_error("one label per image");
+                const std::vector<float> w = weight_values(w_obj, b.n);
                 float loss;
                 {
                     py::gil_scoped_release nogil;
                     std::lock_guard<std::mutex> g(n.mutex());
-                    loss = n.loss_and_grad(b, nullptr, y.data(), b.n);
+                    loss = n.loss_and_grad(b, nullptr, y.data(), b.n, w.empty() ? nullptr : w.data());
                 }
                 return loss;
             },
-            py::arg("X"), py::arg("y"),
-            "Mean cross-entropy and its gradient (see .grads) with batch statistics; changes no state but "
+            py::arg("X"), py::arg("y"), py::arg("w") = py::none(),
+            "Mean (weighted with w: sum w_i loss_i / sum w_i) cross-entropy and its gradient (see .grads) with batch statistics; changes no state but "
             ".grads")
         .def(
             "predict_proba",

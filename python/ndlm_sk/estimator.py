@@ -8,8 +8,15 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
-from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from . import _core
 from .architectures import resolve_architecture
@@ -135,6 +142,14 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         0 leaves batch norm unregularized (ours); MATLAB's batchNormalizationLayer regularizes them
         with ``ScaleL2Factor`` = ``OffsetL2Factor`` = 1. Convolution and fully connected biases are
         never regularized (MATLAB's ``BiasL2Factor`` = 0).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the training loss, as in scikit-learn's classifiers: None gives
+        every class weight 1; a dict ``{label: weight}`` names a weight for every class; "balanced"
+        uses ``n_samples / (n_classes * np.bincount(y))`` of the ``y`` given to ``fit`` (for
+        ``partial_fit`` pass the weights as a dict, e.g. from
+        :func:`sklearn.utils.class_weight.compute_class_weight` on a large sample of the labels).
+        Real smears are 50-70 % neutrophils and under 1 % basophils. A sample's weight is its
+        class's weight times its ``sample_weight``; see :meth:`fit` for how weights enter the loss.
 
     Attributes
     ----------
@@ -185,6 +200,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         normalization_dimension="element",
         batchnorm_statistics="moving",
         batchnorm_l2_factor=0.0,
+        class_weight=None,
     ):
         self.architecture = architecture
         self.image_shape = image_shape
@@ -211,6 +227,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         self.normalization_dimension = normalization_dimension
         self.batchnorm_statistics = batchnorm_statistics
         self.batchnorm_l2_factor = batchnorm_l2_factor
+        self.class_weight = class_weight
 
     # ------------------------------------------------------------------ input checking
     def _validate_X(self, X, reset, continuing=False):
@@ -328,6 +345,14 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         )
         if not shuffle_ok:
             raise ValueError(f"shuffle must be True, False or 'once', got {self.shuffle!r}")
+        cw = self.class_weight
+        if isinstance(cw, dict):
+            for k, v in cw.items():
+                ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                if not (ok and np.isfinite(v) and v >= 0):
+                    raise ValueError(f"class_weight[{k!r}] must be a finite number >= 0, got {v!r}")
+        elif not (cw is None or (isinstance(cw, str) and cw == "balanced")):
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
 
     # ------------------------------------------------------------------ the core network
     def _build_network(self, stack):
@@ -403,17 +428,30 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         return idx.astype(np.int32)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y, X_val=None, y_val=None):
+    def fit(self, X, y, X_val=None, y_val=None, sample_weight=None):
         """Train on images X (n, H, W, C) or rows (n, features) with labels y.
 
         ``X_val, y_val`` (optional) are a validation set scored after every epoch
         (``validation_scores_``); with ``early_stopping=True`` they replace the held-out
         ``validation_fraction``.
-        """
-        return self._fit(X, y, X_val, y_val, incremental=False)
 
-    def partial_fit(self, X, y, classes=None):
+        ``sample_weight`` (optional, n values >= 0) weights each image in the training loss,
+        times its class's weight from ``class_weight``. As in :class:`MLPClassifier`, the loss
+        of a mini-batch is the weighted mean ``sum_i w_i loss_i / sum_i w_i`` over its images
+        (and its gradient accordingly; a mini-batch whose weights are all 0 makes a zero-gradient
+        step), so weights matter relative to the other images of the same mini-batch, a common
+        factor on all weights changes nothing, and weights 1 give bit-for-bit the unweighted fit.
+        ``loss_curve_`` holds the weighted mean loss of every epoch; ``train_scores_`` stay
+        unweighted accuracies; the validation accuracy on an early-stopping hold-out is weighted
+        by its ``sample_weight`` (not by ``class_weight``), as MLPClassifier scores it.
+        """
+        return self._fit(X, y, X_val, y_val, incremental=False, sample_weight=sample_weight)
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over (X, y). ``classes`` is required on the first call.
+
+        ``sample_weight`` and ``class_weight`` (a dict; "balanced" is refused: it needs the labels
+        of all the training data) weight the loss as in :meth:`fit`.
 
         The C++ working buffers (the activations of one mini-batch) stay allocated between
         calls, so a loop of ``partial_fit`` calls does not reallocate them; ``fit`` and
@@ -426,9 +464,30 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"classes={list(classes)} differs from the classes_ of the first call {list(self.classes_)}"
             )
-        return self._fit(X, y, None, None, incremental=True, classes=classes)
+        return self._fit(X, y, None, None, incremental=True, classes=classes, sample_weight=sample_weight)
 
-    def _fit(self, X, y, X_val, y_val, incremental, classes=None):
+    def _sample_weights(self, X, y, sample_weight, incremental):
+        """Per-image loss weights (float64, or None when every weight is 1 by construction)."""
+        if sample_weight is None and self.class_weight is None:
+            return None
+        w = np.ones(len(X)) if sample_weight is None else None
+        if sample_weight is not None:
+            w = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True, copy=True)
+        if self.class_weight is not None:
+            if incremental and self.class_weight == "balanced":
+                raise ValueError(
+                    "class_weight='balanced' is not supported for partial_fit: pass a dict, e.g. "
+                    "compute_class_weight('balanced', classes=classes, y=y) on a large enough sample of "
+                    "the training labels"
+                )
+            if isinstance(self.class_weight, dict):
+                unknown = [k for k in self.class_weight if not np.any(self.classes_ == k)]
+                if unknown:
+                    raise ValueError(f"class_weight names labels not in classes_ {list(self.classes_)}: {unknown}")
+            w *= compute_sample_weight(self.class_weight, y)
+        return w
+
+    def _fit(self, X, y, X_val, y_val, incremental, classes=None, sample_weight=None):
         self._check_params()
         continuing = hasattr(self, "_net") and (incremental or self.warm_start)
         if continuing:
@@ -447,6 +506,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
                     f"the classifier needs samples of at least 2 classes, got 1 class: {self.classes_[0]!r}"
                 )
         y_enc = self._encode(y)
+        w = self._sample_weights(X, y, sample_weight, incremental)
         if not continuing:
             rs = self.random_state
             if isinstance(rs, np.random.RandomState):
@@ -471,7 +531,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
 
         # validation data: given, held out (early stopping), or none; indices avoid copying X
         train_idx = np.arange(len(X))
-        Xv, val_idx, yv = None, None, None
+        Xv, val_idx, yv, wv = None, None, None, None
         if not incremental and X_val is not None:
             if y_val is None:
                 raise ValueError("X_val given without y_val")
@@ -490,6 +550,10 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             Xv, yv = X, y_enc[val_idx]
             if len(train_idx) < 1 or len(val_idx) < 1:
                 raise ValueError("too few samples to hold out a validation set; disable early_stopping")
+            if sample_weight is not None:
+                wv = _check_sample_weight(sample_weight, X, dtype=np.float64)[val_idx]
+        if w is not None and not np.sum(w[train_idx]) > 0:
+            raise ValueError("the sample weights (times the class weights) of the training images sum to 0")
         if self.validation_scores_ is None and Xv is not None:
             self.validation_scores_ = []
             self.best_validation_score_ = -np.inf
@@ -504,7 +568,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         try:
             for _ in range(epochs):
                 t0 = time.perf_counter()
-                loss, acc = self._run_epoch(X, y_enc, train_idx)
+                loss, acc = self._run_epoch(X, y_enc, train_idx, w)
                 dt = time.perf_counter() - t0
                 self.n_iter_ += 1
                 self.t_ += len(train_idx)
@@ -514,7 +578,8 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
                 vscore = None
                 if Xv is not None:
                     proba = self._net.predict_proba(Xv, val_idx, chunk=int(self.predict_batch_size))
-                    vscore = float(np.mean(np.argmax(proba, axis=1) == yv))
+                    hits = np.argmax(proba, axis=1) == yv
+                    vscore = float(np.mean(hits) if wv is None else np.average(hits, weights=wv))
                     self.validation_scores_.append(vscore)
                 if self.verbose:
                     msg = f"Epoch {self.n_iter_}: loss {loss:.4f}, train acc {acc:.4f}"
@@ -594,7 +659,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         mult = np.ones_like(full) if std is None else 1.0 / np.broadcast_to(std, self.image_shape_).ravel()
         self._net.input_norm = (np.ascontiguousarray(full, np.float32), np.ascontiguousarray(mult, np.float32))
 
-    def _run_epoch(self, X, y_enc, train_idx):
+    def _run_epoch(self, X, y_enc, train_idx, w=None):
         n = len(train_idx)
         if isinstance(self.shuffle, str):  # "once": the same order every epoch
             order = train_idx[np.random.default_rng([self._seed, 0, 2]).permutation(n)]
@@ -604,20 +669,23 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         else:
             order = train_idx
         bs = min(int(self.batch_size), n)
-        total_loss, correct = 0.0, 0
+        total_loss, correct, total_w = 0.0, 0, 0.0
         if self.augment:
             sym = np.random.default_rng([self._seed, self.n_iter_, 1]).integers(0, 8, n)
         for s in range(0, n, bs):
             idx = np.ascontiguousarray(order[s : s + bs], dtype=np.int64)
+            wb = None if w is None else np.ascontiguousarray(w[idx], dtype=np.float32)
             if self.augment:  # a transformed copy of the mini-batch (only it, never all of X)
                 xb = _dihedral(X[idx], sym[s : s + bs])
-                loss, c = self._net.train_step(xb, np.arange(len(idx), dtype=np.int64), y_enc[idx])
+                loss, c = self._net.train_step(xb, np.arange(len(idx), dtype=np.int64), y_enc[idx], wb)
             else:
-                loss, c = self._net.train_step(X, idx, y_enc[idx])
+                loss, c = self._net.train_step(X, idx, y_enc[idx], wb)
             self.batch_loss_curve_.append(float(loss))
-            total_loss += float(loss) * len(idx)
+            bw = len(idx) if wb is None else float(np.sum(wb, dtype=np.float64))
+            total_loss += float(loss) * bw
+            total_w += bw
             correct += int(c)
-        return total_loss / n, correct / n
+        return total_loss / total_w, correct / n
 
     def _stop_now(self, loss, vscore, keep_best):
         """MLPClassifier's rule: stop after n_iter_no_change epochs without a tol improvement."""

@@ -26,7 +26,9 @@ reads its arrays) holding:
   - ``{"__float__": "nan" | "inf" | "-inf"}``: a non-finite float;
   - ``{"__npscalar__": value, "dtype": "<f8"}``: a NumPy scalar;
   - ``{"__randomstate__": {...}}``: a ``numpy.random.RandomState`` (its ``get_state()``);
-  - ``{"__dict__": {...}}``: a dict that itself has exactly one key that is one of these tags.
+  - ``{"__dict__": {...}}``: a dict that itself has exactly one key that is one of these tags;
+  - ``{"__items__": [[key, value], ...]}``: a dict with keys that are not all str (e.g.
+    ``class_weight={0: 1.0, 1: 5.0}``), keys and values encoded as above.
 
 - ``<name>.npy``: one member per array, in NumPy's ``.npy`` format, never of object dtype.
 
@@ -66,7 +68,16 @@ FORMAT_VERSION = 1
 _HEADER = "header.json"
 _MAX_HEADER_BYTES = 64 << 20
 _NPY_HEADER_SLACK = 1 << 16  # bytes allowed for an .npy member's own header
-_TAGS = ("__array__", "__objarray__", "__tuple__", "__float__", "__npscalar__", "__randomstate__", "__dict__")
+_TAGS = (
+    "__array__",
+    "__objarray__",
+    "__tuple__",
+    "__float__",
+    "__npscalar__",
+    "__randomstate__",
+    "__dict__",
+    "__items__",
+)
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -103,10 +114,17 @@ def _encode(obj, arrays, where):
     if isinstance(obj, list):
         return [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            for k in obj:
+                if not (_is_json_scalar(k) or (isinstance(k, np.generic) and k.dtype.kind in "biuf")):
+                    raise TypeError(f"{where}: dict keys must be str, int, float, bool or None, got {k!r}")
+            return {
+                "__items__": [
+                    [_encode(k, arrays, f"{where} key"), _encode(v, arrays, f"{where}[{k!r}]")] for k, v in obj.items()
+                ]
+            }
         out = {}
         for k, v in obj.items():
-            if not isinstance(k, str):
-                raise TypeError(f"{where}: dict keys must be str, got {k!r}")
             out[k] = _encode(v, arrays, f"{where}[{k!r}]")
         if any(k in _TAGS for k in out):
             return {"__dict__": out}
@@ -176,6 +194,17 @@ def _decode(obj, arrays, where="state"):
             return rs
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{where}: bad RandomState") from None
+    if tag == "__items__" and len(obj) == 1:
+        items = obj[tag]
+        if not isinstance(items, list) or not all(isinstance(kv, list) and len(kv) == 2 for kv in items):
+            raise ValueError(f"{where}: bad dict items")
+        out = {}
+        for k, v in items:
+            key = _decode(k, arrays, f"{where} key")
+            if not (_is_json_scalar(key) or isinstance(key, np.generic)):
+                raise ValueError(f"{where}: bad dict key {key!r}")
+            out[key] = _decode(v, arrays, f"{where}[{key!r}]")
+        return out
     if tag == "__dict__" and len(obj) == 1:
         if not isinstance(obj[tag], dict):
             raise ValueError(f"{where}: bad dict")
