@@ -49,6 +49,7 @@ using R = Simd::R;
 #include "ops/conv_backward_weights_simd.h"
 #include "ops/conv_backward_data_simd.h"
 #include "ops/fused_simd.h"
+#include "ops/conv_pool_simd.h"
 // clang-format on
 
 }  // namespace

@@ -160,6 +160,7 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
     const char* env = std::getenv("NDLM_SK_FUSE");
     fuse_ = fuse && !(env && std::strcmp(env, "0") == 0);
     plan_segments();
+    plan_inference();
     layer_seconds_.assign(2 * layers_.size(), 0.0);
     mem_.assign(size_t(4 * P), 0.f);
     running_.assign(size_t(R), 0.f);
@@ -262,6 +263,8 @@ void Network::ensure_buffers(int64_t B) {
 }
 
 void Network::release_buffers() {
+    iact_.clear();
+    iarg_.clear();
     acts_.clear();
     stats_.clear();
     argmax_.clear();
@@ -277,28 +280,38 @@ void Network::release_buffers() {
 // (n, H, W, C) uint8/float32 rows X[idx[i]] -> (B, C, H, W) float32, times input_scale, then
 // minus in_shift_ and times in_mult_ when an input normalization is set
 void Network::load_batch(float* dst, const ImageBatch& X, const int64_t* idx, int64_t B) const {
+    const int64_t img = int64_t(H_) * W_ * C_;
+#pragma omp parallel for schedule(static) if (B * img >= kParMinWork)
+    for (int64_t i = 0; i < B; i++) load_image(dst + i * img, X, idx ? idx[i] : i, nullptr, nullptr);
+}
+
+// One image X[src] -> d (C, H, W), as load_batch; then y = bn_a[c] x + bn_b[c] when bn_a is given
+// (the leading batch norms of the fused inference plan)
+void Network::load_image(float* d, const ImageBatch& X, int64_t src, const float* bn_a,
+                         const float* bn_b) const {
     const int64_t HW = int64_t(H_) * W_, img = HW * C_;
     const float sc = input_scale_;
     const int C = C_;
     const float* sh = in_shift_.empty() ? nullptr : in_shift_.data();
     const float* mu = in_mult_.data();
-#pragma omp parallel for schedule(static) if (B * img >= kParMinWork)
-    for (int64_t i = 0; i < B; i++) {
-        const int64_t src = idx ? idx[i] : i;
-        float* d = dst + i * img;
-        if (X.is_uint8) {
-            const uint8_t* s = static_cast<const uint8_t*>(X.data) + src * img;
-            for (int64_t p = 0; p < HW; p++)
-                for (int c = 0; c < C; c++) d[c * HW + p] = float(s[p * C + c]) * sc;
-        } else {
-            const float* s = static_cast<const float*>(X.data) + src * img;
-            for (int64_t p = 0; p < HW; p++)
-                for (int c = 0; c < C; c++) d[c * HW + p] = s[p * C + c] * sc;
-        }
-        if (sh)
-            for (int64_t p = 0; p < HW; p++)
-                for (int c = 0; c < C; c++) d[c * HW + p] = (d[c * HW + p] - sh[p * C + c]) * mu[p * C + c];
+    if (X.is_uint8) {
+        const uint8_t* s = static_cast<const uint8_t*>(X.data) + src * img;
+        for (int64_t p = 0; p < HW; p++)
+            for (int c = 0; c < C; c++) d[c * HW + p] = float(s[p * C + c]) * sc;
+    } else {
+        const float* s = static_cast<const float*>(X.data) + src * img;
+        for (int64_t p = 0; p < HW; p++)
+            for (int c = 0; c < C; c++) d[c * HW + p] = s[p * C + c] * sc;
     }
+    if (sh)
+        for (int64_t p = 0; p < HW; p++)
+            for (int c = 0; c < C; c++) d[c * HW + p] = (d[c * HW + p] - sh[p * C + c]) * mu[p * C + c];
+    if (bn_a)
+        for (int c = 0; c < C; c++) {
+            float* dc = d + c * HW;
+            const float a = bn_a[c], b = bn_b[c];
+            for (int64_t p = 0; p < HW; p++) dc[p] = dc[p] * a + b;
+        }
 }
 
 void Network::set_input_norm(const std::vector<float>& shift, const std::vector<float>& mult) {
@@ -669,6 +682,35 @@ float Network::loss_and_grad(const ImageBatch& X, const int64_t* idx, const int3
 
 void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk) {
     omp_set_num_threads(n_threads_);
+    if (fuse_) {  // the fused inference plan, image by image (chunk does not matter)
+        if (m <= 0) return;
+        prepare_inference();
+        const int T = m >= 2 && n_threads_ > 1 ? int(std::min<int64_t>(n_threads_, m)) : 1;
+        if (iact_.size() < size_t(T)) {
+            int64_t amax = 1;
+            for (const Layer& L : layers_)
+                if (L.spec.type == LayerType::MaxPool) amax = std::max(amax, L.out_size());
+            iact_.resize(size_t(T));
+            iarg_.resize(size_t(T));
+            for (int t = 0; t < T; t++) {
+                iact_[size_t(t)].resize(size_t(2 * iscratch_));
+                iarg_[size_t(t)].resize(size_t(amax));
+            }
+        }
+        if (T == 1) {
+            for (int64_t i = 0; i < m; i++) infer_image(out + i * K_, X, idx ? idx[i] : i, 0);
+            return;
+        }
+        // one image per thread at a time, its kernels on one thread
+#pragma omp parallel num_threads(T)
+        {
+            omp_set_num_threads(1);
+            const int t = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t i = 0; i < m; i++) infer_image(out + i * K_, X, idx ? idx[i] : i, t);
+        }
+        return;
+    }
     chunk = std::max<int64_t>(1, std::min(chunk, m));
     ensure_buffers(chunk);
     std::vector<int64_t> ids(static_cast<size_t>(chunk));
@@ -683,6 +725,308 @@ void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx,
         else
             ref::softmax_forward(out + s * K_, last, int(B), K_);
     }
+}
+
+}  // namespace ndlm
+
+// ============================================================================================
+// Fused inference (predict_proba with fusion on): batch norm folded into the neighbouring
+// weights where that is exact up to float rounding, conv -> chain -> max pool in one kernel, and
+// every image run through the whole network on its own (its activations stay in cache).
+// The per-layer forward with running statistics is the reference (tests/test_fused.py).
+// ============================================================================================
+namespace ndlm {
+
+// Plan: leading batch norms -> InputBN (pointwise, so exact whatever follows, zero padding too);
+// a convolution and the batch norms right after it -> Conv, or ConvPool when a ReLU / batch norm
+// chain and a max pool with window == stride follow; batch norms right before a fully connected
+// layer -> FC. Everything else runs per layer. A batch norm before a padded convolution is never
+// folded into it (its shift would reach the zero padding).
+void Network::plan_inference() {
+    const int nl = int(layers_.size());
+    isteps_.clear();
+    istep_start_.assign(size_t(nl), -1);
+    iscratch_ = int64_t(C_) * H_ * W_;
+    if (!fuse_) return;
+    auto type = [&](int l) { return layers_[size_t(l)].spec.type; };
+    auto add = [&](const InferStep& st) {
+        istep_start_[size_t(st.first)] = int(isteps_.size());
+        isteps_.push_back(st);
+    };
+    int i = 0;
+    if (type(0) == LayerType::BatchNorm) {
+        int j = 0;
+        while (j + 1 < nl && type(j + 1) == LayerType::BatchNorm) j++;
+        InferStep st;
+        st.kind = InferStep::InputBN;
+        st.first = 0;
+        st.last = j;
+        add(st);
+        i = j + 1;
+    }
+    while (i < nl) {
+        const LayerType t = type(i);
+        if (t == LayerType::Conv) {
+            int j = i;
+            while (j + 1 < nl && type(j + 1) == LayerType::BatchNorm) j++;
+            int k = j;
+            while (k + 1 < nl && (type(k + 1) == LayerType::BatchNorm || type(k + 1) == LayerType::ReLU) &&
+                   k + 1 - j <= kMaxSegOps)
+                k++;
+            InferStep st;
+            st.first = i;
+            const bool pool = k + 1 < nl && type(k + 1) == LayerType::MaxPool &&
+                              layers_[size_t(k + 1)].spec.stride == layers_[size_t(k + 1)].spec.kh;
+            if (pool) {
+                st.kind = InferStep::ConvPool;
+                st.ep_first = j + 1;
+                st.last = k + 1;
+            } else {
+                st.kind = InferStep::Conv;
+                st.last = j;
+            }
+            if (pool || j > i) add(st);
+            for (int l = (pool ? st.last : i); l <= st.last; l++)
+                iscratch_ = std::max(iscratch_, layers_[size_t(l)].out_size());
+            i = (pool || j > i) ? st.last + 1 : i + 1;
+            continue;
+        }
+        if (t == LayerType::BatchNorm) {
+            int j = i;
+            while (j + 1 < nl && type(j + 1) == LayerType::BatchNorm) j++;
+            if (j + 1 < nl && type(j + 1) == LayerType::FC) {
+                InferStep st;
+                st.kind = InferStep::FC;
+                st.first = i;
+                st.last = j + 1;
+                add(st);
+                iscratch_ = std::max(iscratch_, layers_[size_t(j + 1)].out_size());
+                i = j + 2;
+                continue;
+            }
+        }
+        iscratch_ = std::max(iscratch_, layers_[size_t(i)].out_size());
+        i++;
+    }
+    // folded parameters: per step weights / bias / sign / chain scales
+    int64_t off = 0;
+    for (InferStep& st : isteps_) {
+        const Layer& F = layers_[size_t(st.first)];
+        switch (st.kind) {
+            case InferStep::InputBN:
+                st.w_off = off;
+                st.b_off = off + C_;
+                off += 2 * C_;
+                break;
+            case InferStep::Conv:
+            case InferStep::ConvPool:
+                st.w_off = off;
+                off += F.n_w;
+                st.b_off = off;
+                off += F.outC;
+                if (st.kind == InferStep::ConvPool) {
+                    st.s_off = off;
+                    off += F.outC;
+                    st.ep_off = off;
+                    off += int64_t(st.last - st.ep_first) * F.outC;
+                }
+                break;
+            case InferStep::FC: {
+                const Layer& L = layers_[size_t(st.last)];
+                st.w_off = off;
+                off += L.n_w;
+                st.b_off = off;
+                off += L.n_b;
+                break;
+            }
+        }
+    }
+    fold_.assign(size_t(off), 0.f);
+    fold_key_.clear();
+}
+
+// Per channel y = a x + b of the inference batch norms [first, last] (all of C channels), in double
+static void bn_affine(const std::vector<Layer>& layers, const float* params, const float* running, int first,
+                      int last, std::vector<double>& a, std::vector<double>& b) {
+    const int C = layers[size_t(first)].inC;
+    a.assign(size_t(C), 1.0);
+    b.assign(size_t(C), 0.0);
+    for (int l = first; l <= last; l++) {
+        const Layer& L = layers[size_t(l)];
+        const float* gamma = params + L.w_off;
+        const float* beta = params + L.b_off;
+        const float* rmean = running + L.run_off;
+        const float* rvar = rmean + C;
+        for (int c = 0; c < C; c++) {
+            const double s = double(gamma[c]) / std::sqrt(double(rvar[c]) + L.spec.eps);
+            a[size_t(c)] *= s;
+            b[size_t(c)] = s * (b[size_t(c)] - rmean[c]) + beta[c];
+        }
+    }
+}
+
+void Network::prepare_inference() {
+    const size_t P = size_t(P_), R = running_.size();
+    if (fold_key_.size() == P + R && std::memcmp(fold_key_.data(), params(), sizeof(float) * P) == 0 &&
+        std::memcmp(fold_key_.data() + P, running_.data(), sizeof(float) * R) == 0)
+        return;
+    const float* prm = params();
+    const float* run = running_.data();
+    std::vector<double> a, b;
+    for (const InferStep& st : isteps_) {
+        switch (st.kind) {
+            case InferStep::InputBN:
+                bn_affine(layers_, prm, run, st.first, st.last, a, b);
+                for (int c = 0; c < C_; c++) {
+                    fold_[size_t(st.w_off + c)] = float(a[size_t(c)]);
+                    fold_[size_t(st.b_off + c)] = float(b[size_t(c)]);
+                }
+                break;
+            case InferStep::Conv:
+            case InferStep::ConvPool: {
+                const Layer& L = layers_[size_t(st.first)];
+                const int Co = L.outC;
+                const int bn_last = st.kind == InferStep::ConvPool ? st.ep_first - 1 : st.last;
+                if (bn_last > st.first) {
+                    bn_affine(layers_, prm, run, st.first + 1, bn_last, a, b);
+                } else {
+                    a.assign(size_t(Co), 1.0);
+                    b.assign(size_t(Co), 0.0);
+                }
+                std::vector<double> sg(size_t(Co), 1.0);
+                if (st.kind == InferStep::ConvPool) {
+                    // chain scales as the per-layer kernel computes them; the chain's direction
+                    // per channel is the product of their signs (ReLU is non-decreasing)
+                    int j = 0;
+                    for (int l = st.ep_first; l < st.last; l++, j++) {
+                        const Layer& E = layers_[size_t(l)];
+                        if (E.spec.type != LayerType::BatchNorm) continue;
+                        const float* gamma = prm + E.w_off;
+                        const float* rvar = run + E.run_off + E.inC;
+                        float* sc = fold_.data() + st.ep_off + int64_t(j) * Co;
+                        for (int c = 0; c < Co; c++) {
+                            sc[c] = gamma[c] / std::sqrt(rvar[c] + E.spec.eps);
+                            if (sc[c] < 0.f) sg[size_t(c)] = -sg[size_t(c)];
+                        }
+                    }
+                    for (int c = 0; c < Co; c++) fold_[size_t(st.s_off + c)] = float(sg[size_t(c)]);
+                }
+                const float* w = prm + L.w_off;
+                const float* bias = prm + L.b_off;
+                const int64_t per = L.n_w / Co;
+                for (int c = 0; c < Co; c++) {
+                    const double m = sg[size_t(c)] * a[size_t(c)];
+                    for (int64_t q = 0; q < per; q++)
+                        fold_[size_t(st.w_off + c * per + q)] = float(m * w[c * per + q]);
+                    fold_[size_t(st.b_off + c)] =
+                        float(sg[size_t(c)] * (a[size_t(c)] * bias[c] + b[size_t(c)]));
+                }
+                break;
+            }
+            case InferStep::FC: {
+                const Layer& L = layers_[size_t(st.last)];
+                bn_affine(layers_, prm, run, st.first, st.last - 1, a, b);
+                const int64_t F = L.in_size(), HW = int64_t(L.inH) * L.inW;
+                const float* w = prm + L.w_off;
+                const float* bias = prm + L.b_off;
+                for (int o = 0; o < L.outC; o++) {
+                    double acc = bias[o];
+                    for (int64_t f = 0; f < F; f++) {
+                        const size_t c = size_t(f / HW);
+                        const double wf = w[int64_t(o) * F + f];
+                        fold_[size_t(st.w_off + int64_t(o) * F + f)] = float(wf * a[c]);
+                        acc += wf * b[c];
+                    }
+                    fold_[size_t(st.b_off + o)] = float(acc);
+                }
+                break;
+            }
+        }
+    }
+    fold_key_.resize(P + R);
+    std::memcpy(fold_key_.data(), params(), sizeof(float) * P);
+    std::memcpy(fold_key_.data() + P, running_.data(), sizeof(float) * R);
+}
+
+// Class probabilities of image X[src] into out (K_ floats), with thread t's scratch.
+void Network::infer_image(float* out, const ImageBatch& X, int64_t src, int t) {
+    float* cur = iact_[size_t(t)].data();
+    float* nxt = cur + iscratch_;
+    int32_t* am = iarg_[size_t(t)].data();
+    const int nl = int(layers_.size());
+    int l = 0;
+    if (!isteps_.empty() && isteps_[0].kind == InferStep::InputBN) {
+        const InferStep& st = isteps_[0];
+        load_image(cur, X, src, fold_.data() + st.w_off, fold_.data() + st.b_off);
+        l = st.last + 1;
+    } else {
+        load_image(cur, X, src, nullptr, nullptr);
+    }
+    for (; l < nl; l++) {
+        const Layer& L = layers_[size_t(l)];
+        const LayerSpec& s = L.spec;
+        const int HW = L.inH * L.inW;
+        if (istep_start_[size_t(l)] >= 0) {
+            const InferStep& st = isteps_[size_t(istep_start_[size_t(l)])];
+            const float* fw = fold_.data() + st.w_off;
+            const float* fb = fold_.data() + st.b_off;
+            if (st.kind == InferStep::Conv) {
+                fast::conv_forward(nxt, cur, fw, fb, L.conv_shape(1));
+            } else if (st.kind == InferStep::ConvPool) {
+                SegOp ops[kMaxSegOps];
+                int n = 0;
+                for (int e = st.ep_first; e < st.last; e++, n++) {
+                    const Layer& E = layers_[size_t(e)];
+                    ops[n] = SegOp{};
+                    if (E.spec.type == LayerType::ReLU) {
+                        ops[n].relu = true;
+                        continue;
+                    }
+                    ops[n].mean = running_.data() + E.run_off;
+                    ops[n].scale = fold_.data() + st.ep_off + int64_t(n) * L.outC;
+                    ops[n].shift = params() + E.b_off;
+                }
+                const Layer& P = layers_[size_t(st.last)];
+                fast::conv_pool_forward(nxt, cur, fw, fb, fold_.data() + st.s_off, L.conv_shape(1), ops, n,
+                                        P.spec.kh, P.outH, P.outW);
+            } else {  // FC
+                const Layer& Fl = layers_[size_t(st.last)];
+                fast::fc_forward(nxt, cur, fw, fb, 1, int(Fl.in_size()), Fl.outC);
+            }
+            std::swap(cur, nxt);
+            l = st.last;
+            continue;
+        }
+        switch (s.type) {
+            case LayerType::BatchNorm: {
+                const float* rmean = running_.data() + L.run_off;
+                fast::batchnorm_forward_infer(nxt, cur, params() + L.w_off, params() + L.b_off, rmean,
+                                              rmean + L.inC, 1, L.inC, HW, s.eps);
+                break;
+            }
+            case LayerType::LRN:
+                fast::lrn_forward(nxt, cur, 1, L.inC, HW, s.size, s.alpha, s.beta, s.k);
+                break;
+            case LayerType::Conv:
+                fast::conv_forward(nxt, cur, params() + L.w_off, params() + L.b_off, L.conv_shape(1));
+                break;
+            case LayerType::ReLU:
+                fast::relu_forward(cur, cur, L.in_size());
+                continue;  // in place
+            case LayerType::MaxPool:
+                fast::maxpool_forward(nxt, am, cur, 1, L.inC, L.inH, L.inW, s.kh, s.stride, L.outH, L.outW);
+                break;
+            case LayerType::FC:
+                fast::fc_forward(nxt, cur, params() + L.w_off, params() + L.b_off, 1, int(L.in_size()),
+                                 L.outC);
+                break;
+            case LayerType::Softmax:
+                ref::softmax_forward(out, cur, 1, L.inC);
+                return;
+        }
+        std::swap(cur, nxt);
+    }
+    ref::softmax_forward(out, cur, 1, K_);
 }
 
 }  // namespace ndlm

@@ -67,11 +67,29 @@ struct Segment {
     int end() const { return pool >= 0 ? pool : last; }
 };
 
+// A step of the fused inference path (planned with the segments when fusion is on; used by
+// predict_proba): layers [first, last] computed at once with batch norm folded into weights.
+//   InputBN:  the batch norms at the very start, applied while loading the images
+//   Conv:     a convolution and the batch norms right after it, folded into its weights and bias
+//   ConvPool: as Conv, then a ReLU / batch norm chain (ep_first..last-1) and a max pool with
+//             window == stride (last), in one kernel (conv_pool_forward): no full-size activation
+//   FC:       batch norms right before a fully connected layer (last), folded into its weights
+// Folded parameters live in fold_ (offsets below), recomputed when the parameters or running
+// statistics differ from the copy they were computed from (fold_key_), never saved.
+struct InferStep {
+    enum Kind { InputBN, Conv, ConvPool, FC } kind = Conv;
+    int first = 0, last = 0;
+    int ep_first = -1;                             // ConvPool: first layer of the chain before the pool
+    int64_t w_off = -1, b_off = -1, s_off = -1;    // folded weights, bias, sign (ConvPool) in fold_
+    int64_t ep_off = -1;                           // ConvPool: per chain batch norm, scale (C) in fold_
+};
+
 class Network {
   public:
     // fuse: plan fused pointwise segments (see Segment); the environment variable NDLM_SK_FUSE=0
     // turns fusion off for every network (the per-layer path, the reference). Both paths give
-    // the same results.
+    // the same results: training bit for bit in the forward, within rounding in the gradients;
+    // inference (predict_proba, which folds batch norm into weights) within float rounding.
     Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n_classes, uint64_t seed,
             int n_threads, float input_scale, bool fuse = true);
 
@@ -84,7 +102,10 @@ class Network {
     float loss_and_grad(const ImageBatch& X, const int64_t* idx, const int32_t* y, int64_t B,
                         const float* w = nullptr);
     // Class probabilities of the m images X[idx[i]] (idx null: the first m) with running
-    // statistics (inference), in chunks of `chunk` images; out: (m, n_classes).
+    // statistics (inference), in chunks of `chunk` images; out: (m, n_classes). With fusion on it
+    // runs the fused inference plan (InferStep), image by image (in parallel over the images of a
+    // chunk when it has at least two and several threads are set), equal to the per-layer path
+    // within float rounding; else the per-layer forward.
     void predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk);
 
     // Input normalization fitted in Python (MATLAB's imageInputLayer 'zerocenter' / 'zscore'):
@@ -120,6 +141,7 @@ class Network {
     std::mutex& mutex() { return mu_; }
     bool fused() const { return fuse_; }
     const std::vector<Segment>& segments() const { return segments_; }
+    const std::vector<InferStep>& infer_steps() const { return isteps_; }
     // Seconds spent in each layer since the last reset: [2 l] forward, [2 l + 1] backward.
     // A fused segment's time is attributed to its first layer (the others of the segment get 0).
     std::vector<double>& layer_seconds() { return layer_seconds_; }
@@ -131,6 +153,10 @@ class Network {
     float backward(const int32_t* y, const float* w, int64_t B, int64_t* n_correct);
     void adam_update();
     void plan_segments();
+    void plan_inference();
+    void prepare_inference();  // (re)computes fold_ when the parameters changed
+    void load_image(float* d, const ImageBatch& X, int64_t src, const float* bn_a, const float* bn_b) const;
+    void infer_image(float* out, const ImageBatch& X, int64_t src, int t);
     void update_running(const Layer& L, const float* mean, const float* rstd, int64_t N);
     int seg_ops(const Segment& sg, SegOp* ops, SegShape* sh, int64_t B, bool train);
     void forward_segment(const Segment& sg, int64_t B, bool train, bool update_running);
@@ -161,6 +187,13 @@ class Network {
     std::vector<int> in_seg_;     // per layer: index of the segment covering it, or -1
     std::vector<std::vector<float>> seg_aux_;    // fused batch norm: scale, ka, kb, kx (C each)
     std::vector<std::vector<float>> seg_vlast_;  // pooled segment: last batch norm's input at the argmax
+    std::vector<InferStep> isteps_;              // fused inference plan (plan_inference)
+    std::vector<int> istep_start_;               // per layer: the step starting there, or -1
+    std::vector<float> fold_;                    // folded parameters of isteps_
+    std::vector<float> fold_key_;                // params | running at the time fold_ was computed
+    int64_t iscratch_ = 0;                       // floats of one image's largest activation in the plan
+    std::vector<std::vector<float>> iact_;       // per thread: two ping-pong activations of one image
+    std::vector<std::vector<int32_t>> iarg_;     // per thread: max pool argmax of one image
     std::mutex mu_;
 };
 

@@ -186,6 +186,20 @@ void bind_network(py::module_& m) {
             },
             "Fused segments: (first, last, pool) layer indices; pool None when no pool is fused")
         .def_property_readonly(
+            "infer_steps",
+            [](const Network& n) {
+                static const char* kinds[] = {"input_bn", "conv", "conv_pool", "fc"};
+                py::list l;
+                for (const InferStep& s : n.infer_steps())
+                    l.append(py::make_tuple(kinds[s.kind], s.first, s.last));
+                return l;
+            },
+            "Fused inference plan (predict_proba): (kind, first, last) per step; kind input_bn (batch "
+            "norms folded into the image loading), conv (batch norms folded into the convolution), conv_pool "
+            "(conv, folded batch norms, ReLU / batch norm chain and max pool in one kernel) or fc "
+            "(batch norms "
+            "folded into the fully connected layer)")
+        .def_property_readonly(
             "layers",
             [](const Network& n) {
                 py::list l;

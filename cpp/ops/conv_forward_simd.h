@@ -193,6 +193,40 @@ inline void plan_row(RowPlan& p, int cob, int nvmax, int OW, Pick pick) {
     }
 }
 
+// The micro-kernel arguments fixed by the geometry (per block the caller sets wp, bias, buf)
+inline FwdArgs fwd_args(const ConvGeo& g, const int* koff) {
+    FwdArgs a;
+    a.koff = koff;
+    a.ci_stride = int64_t(g.BR) * g.s * g.WB;
+    a.row_stride = int64_t(g.s) * g.WB;
+    a.Cin = g.Cin;
+    a.KH = g.KH;
+    a.KW = g.KW;
+    a.s = g.s;
+    a.OW = g.OW;
+    return a;
+}
+
+// One output row of one block of channels (a.wp, a.bias set) from the band buffer buf: the tiles
+// of plan q, or the scalar tile for blocks larger than CMAX (q.full null).
+inline void fwd_row(float* ob, int64_t ostride, FwdArgs& a, const float* buf, const RowPlan& q, int rbase,
+                    int cob, int OW) {
+    if (!q.full) {
+        a.buf = buf;
+        fwd_scalar_block(ob, ostride, a, rbase, cob, OW);
+        return;
+    }
+    int ox0 = 0;
+    for (; ox0 + q.step <= OW; ox0 += q.step) {
+        a.buf = buf + ox0;
+        q.full(ob + ox0, ostride, a, rbase, V);
+    }
+    if (ox0 < OW) {
+        a.buf = buf + ox0;
+        q.rem(ob + ox0, ostride, a, rbase, q.nlast);
+    }
+}
+
 #ifndef NDLM_CONV_TWO_ROW_CMAX
 #define NDLM_CONV_TWO_ROW_CMAX (Simd::NREG >= 32 ? 3 : 0)
 #endif
@@ -228,15 +262,7 @@ void conv_engine(float* out, const float* in, const ConvBlocks& B, const float* 
         Buf<float> buf(g.buf_floats);
         int64_t ib, ie;
         split_range(items, omp_get_num_threads(), omp_get_thread_num(), &ib, &ie);
-        FwdArgs a;
-        a.koff = koff.p;
-        a.ci_stride = int64_t(g.BR) * g.s * g.WB;
-        a.row_stride = int64_t(g.s) * g.WB;
-        a.Cin = g.Cin;
-        a.KH = g.KH;
-        a.KW = g.KW;
-        a.s = g.s;
-        a.OW = g.OW;
+        FwdArgs a = fwd_args(g, koff.p);
         for (int64_t it = ib; it < ie; it++) {
             const int64_t n = it / g.nbands;
             const int oy0 = int(it % g.nbands) * g.band, nr = mini(g.band, g.OH - oy0);
@@ -270,21 +296,7 @@ void conv_engine(float* out, const float* in, const ConvBlocks& B, const float* 
                     float* ob = out + n * out_img + c0 * ostride + int64_t(oy) * g.OW;
                     a.wp = wp + c0 * K;
                     a.bias = bias ? bias + c0 : nullptr;
-                    const RowPlan& q = p1[b];
-                    if (!q.full) {
-                        a.buf = buf.p;
-                        fwd_scalar_block(ob, ostride, a, r * g.s, B.cob[b], g.OW);
-                        continue;
-                    }
-                    int ox0 = 0;
-                    for (; ox0 + q.step <= g.OW; ox0 += q.step) {
-                        a.buf = buf.p + ox0;
-                        q.full(ob + ox0, ostride, a, r * g.s, V);
-                    }
-                    if (ox0 < g.OW) {
-                        a.buf = buf.p + ox0;
-                        q.rem(ob + ox0, ostride, a, r * g.s, q.nlast);
-                    }
+                    fwd_row(ob, ostride, a, buf.p, p1[b], r * g.s, B.cob[b], g.OW);
                 }
             }
         }
