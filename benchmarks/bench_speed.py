@@ -271,6 +271,11 @@ def train_flops_per_image(layers, input_shape):
     return fwd, 3 * fwd
 
 
+def _ints(text):
+    """Comma-separated integers; an empty string is an empty list (skips that part of the run)."""
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 # ---------------------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,6 +287,13 @@ def main():
     ap.add_argument("--train-batches", default="16,32,128")
     ap.add_argument("--infer-batches", default="1,64")
     ap.add_argument("--scaling-sizes", default="150,300,450")
+    ap.add_argument(
+        "--fma-peak",
+        type=float,
+        default=487.0,
+        help="float32 FMA peak (GFLOP/s) of the ISA the kernels run, all cores; default: 487, measured with "
+        "AVX-512 on the project's 2-core machine by ../shared/tools/fma_peak.sh (run it on a quiet machine)",
+    )
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args()
     if args.worker:
@@ -306,6 +318,7 @@ def main():
         "image_size": args.size,
         "rounds": args.rounds,
         "command": "python " + " ".join(sys.argv),
+        "fma_peak_gflops": args.fma_peak,
     }
     print(json.dumps(info, indent=1), flush=True)
     results = {"info": info}
@@ -336,12 +349,12 @@ def main():
         return out
 
     rows = []
-    for B in map(int, args.train_batches.split(",")):
+    for B in _ints(args.train_batches):
         rows += measure(
             f"train B={B:4d}",
             [dict(fw=fw, mode="train", batch=B, size=args.size, threads=T, reps=args.reps) for fw in ("ours", "torch")],
         )
-    for B in map(int, args.infer_batches.split(",")):
+    for B in _ints(args.infer_batches):
         reps = args.reps * (5 if B == 1 else 1)
         rows += measure(
             f"infer B={B:4d}",
@@ -353,7 +366,7 @@ def main():
     results["runs"] = rows
 
     scaling = []
-    for size in map(int, args.scaling_sizes.split(",")):
+    for size in _ints(args.scaling_sizes):
         for t in sorted({1, T}):
             scaling += measure(
                 f"scaling size={size} threads={t}",
@@ -403,6 +416,8 @@ def write_report(results, out):
         "|---|---|---|---|---|---|---|---|",
     ]
     fl = results["flops_per_image"]["train"]
+    fwd = results["flops_per_image"]["forward"]
+    fma = info.get("fma_peak_gflops")
     for r in results["runs"]:
         if r["fw"] != "ours":
             continue
@@ -425,12 +440,32 @@ def write_report(results, out):
         f"Machine GEMM peak (PyTorch 2048x2048 float32 matmul, {info['threads']} threads, best of 3): {peak:.0f} GFLOP/s. "  # noqa: E501
         f"One training image costs {fl / 1e9:.3f} GFLOP (conv + fc, forward + 2x backward).",
     ]
+    if fma:
+        lines += [
+            "",
+            f"Against the float32 FMA peak of the machine ({fma:.0f} GFLOP/s, {info['threads']} threads; the figure "
+            f"given with --fma-peak, measured by fma_peak.sh): inference costs {fwd / 1e9:.3f} GFLOP per image "
+            f"(conv + fc forward).",
+            "",
+            "| task | batch | framework | img/s | GFLOP/s | % of FMA peak |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in results["runs"]:
+            if r["fw"] == "torch" and r["mode"] == "train":
+                continue
+            g = r["images_per_s"] * (fl if r["mode"] == "train" else fwd) / 1e9
+            lines.append(
+                f"| {r['mode']} | {r['batch']} | {r['fw']} | {r['images_per_s']:.1f} | {g:.1f} | {100 * g / fma:.0f}% |"
+            )
     lines += ["", "| training batch | ndlm_sk GFLOP/s | % of GEMM peak |", "|---|---|---|"]
     for r in results["runs"]:
         if r["fw"] == "ours" and r["mode"] == "train":
             g = r["images_per_s"] * fl / 1e9
             lines.append(f"| {r['batch']} | {g:.1f} | {100 * g / peak:.0f}% |")
-    prof = get("ours", "train", 32) or next(r for r in results["runs"] if r["fw"] == "ours" and r["mode"] == "train")
+    trains = [r for r in results["runs"] if r["fw"] == "ours" and r["mode"] == "train"]
+    if not trains:
+        return _finish(lines, results, out)
+    prof = get("ours", "train", 32) or trains[0]
     steps = prof["steps"]
     lines += [
         "",
@@ -459,6 +494,10 @@ def write_report(results, out):
     ]
     for r in results["scaling"]:
         lines.append(f"| {r['size']} | {r['threads']} | {r['images_per_s']:.1f} | {1e3 / r['images_per_s']:.1f} |")
+    _finish(lines, results, out)
+
+
+def _finish(lines, results, out):
     text = "\n".join(lines) + "\n"
     print(text)
     if out:

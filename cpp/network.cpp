@@ -295,9 +295,35 @@ void Network::load_image(float* d, const ImageBatch& X, int64_t src, const float
     const float* sh = in_shift_.empty() ? nullptr : in_shift_.data();
     const float* mu = in_mult_.data();
     if (X.is_uint8) {
+        // a table of the 256 values per channel (the same float operations as computing each);
+        // the batch norm goes into it when no per-element normalization comes in between
         const uint8_t* s = static_cast<const uint8_t*>(X.data) + src * img;
-        for (int64_t p = 0; p < HW; p++)
-            for (int c = 0; c < C; c++) d[c * HW + p] = float(s[p * C + c]) * sc;
+        const bool bn_in_lut = bn_a && !sh;
+        float lut_small[3 * 256];
+        std::vector<float> lut_big;
+        float* lut = lut_small;
+        if (C > 3) {
+            lut_big.resize(size_t(256) * C);
+            lut = lut_big.data();
+        }
+        for (int c = 0; c < C; c++)
+            for (int v = 0; v < 256; v++) {
+                const float x = float(v) * sc;
+                lut[c * 256 + v] = bn_in_lut ? x * bn_a[c] + bn_b[c] : x;
+            }
+        if (C == 3) {
+            float *d0 = d, *d1 = d + HW, *d2 = d + 2 * HW;
+            const float *l0 = lut, *l1 = lut + 256, *l2 = lut + 512;
+            for (int64_t p = 0; p < HW; p++) {
+                d0[p] = l0[s[3 * p]];
+                d1[p] = l1[s[3 * p + 1]];
+                d2[p] = l2[s[3 * p + 2]];
+            }
+        } else {
+            for (int64_t p = 0; p < HW; p++)
+                for (int c = 0; c < C; c++) d[c * HW + p] = lut[c * 256 + s[p * C + c]];
+        }
+        if (bn_in_lut) bn_a = nullptr;
     } else {
         const float* s = static_cast<const float*>(X.data) + src * img;
         for (int64_t p = 0; p < HW; p++)
