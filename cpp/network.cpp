@@ -5,11 +5,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
 
+#include <unistd.h>
+
+#include "checked_size.h"
 #include "kernels.h"
 #include "ops/shared.h"
 
@@ -27,6 +32,16 @@ static const char* type_name(LayerType t) {
 
 static std::invalid_argument layer_error(size_t i, LayerType t, const std::string& msg) {
     return std::invalid_argument("layer " + std::to_string(i) + " (" + type_name(t) + "): " + msg);
+}
+
+// An output height or width computed in 64 bits, refused when it does not fit the int the
+// kernels index with (long stacks of padded convolutions grow without bound otherwise)
+static int out_extent(int64_t v, size_t i, LayerType t, const char* what) {
+    if (v > kMaxExtent)
+        throw layer_error(i, t,
+                          std::string("output ") + what + " " + std::to_string(v) + " exceeds " +
+                              std::to_string(kMaxExtent));
+    return int(v);
 }
 
 // Glorot-uniform from a 64-bit Mersenne twister; the float is built from the top 24 bits so the
@@ -58,6 +73,7 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
         L.inC = c;
         L.inH = h;
         L.inW = w;
+        try {
         switch (s.type) {
             case LayerType::BatchNorm:
                 if (!(s.eps > 0)) throw layer_error(i, s.type, "eps must be > 0");
@@ -65,12 +81,12 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
                     throw layer_error(i, s.type, "momentum must be in [0, 1]");
                 L.w_off = P;
                 L.n_w = c;
-                P += c;
+                P = checked_add(P, c, "parameters");
                 L.b_off = P;
                 L.n_b = c;
-                P += c;
+                P = checked_add(P, c, "parameters");
                 L.run_off = R;
-                R += 2 * c;
+                R = checked_add(R, checked_mul(2, c), "running statistics");
                 break;
             case LayerType::LRN:
                 if (s.size < 1 || s.size % 2 == 0)
@@ -86,20 +102,20 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
                 if (s.kh < 1 || s.kw < 1) throw layer_error(i, s.type, "kernel size must be >= 1");
                 if (s.stride < 1) throw layer_error(i, s.type, "stride must be >= 1");
                 if (s.pad < 0) throw layer_error(i, s.type, "padding must be >= 0");
-                if (h < 1 || w < 1 || h + 2 * s.pad < s.kh || w + 2 * s.pad < s.kw)
+                if (h < 1 || w < 1 || int64_t(h) + 2 * int64_t(s.pad) < s.kh || int64_t(w) + 2 * int64_t(s.pad) < s.kw)
                     throw layer_error(i, s.type,
                                       "kernel " + std::to_string(s.kh) + "x" + std::to_string(s.kw) +
                                           " is larger than its input " + std::to_string(h) + "x" +
                                           std::to_string(w) + " (padding " + std::to_string(s.pad) + ")");
                 L.outC = s.filters;
-                L.outH = (h + 2 * s.pad - s.kh) / s.stride + 1;
-                L.outW = (w + 2 * s.pad - s.kw) / s.stride + 1;
+                L.outH = out_extent((int64_t(h) + 2 * int64_t(s.pad) - s.kh) / s.stride + 1, i, s.type, "height");
+                L.outW = out_extent((int64_t(w) + 2 * int64_t(s.pad) - s.kw) / s.stride + 1, i, s.type, "width");
                 L.w_off = P;
-                L.n_w = int64_t(s.filters) * c * s.kh * s.kw;
-                P += L.n_w;
+                L.n_w = checked_prod({s.filters, c, s.kh, s.kw}, "conv weights");
+                P = checked_add(P, L.n_w, "parameters");
                 L.b_off = P;
                 L.n_b = s.filters;
-                P += s.filters;
+                P = checked_add(P, s.filters, "parameters");
                 c = L.outC;
                 h = L.outH;
                 w = L.outW;
@@ -125,16 +141,16 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
             case LayerType::FC: {
                 const int units = s.units > 0 ? s.units : n_classes;
                 L.spec.units = units;
-                const int64_t F = int64_t(c) * h * w;
+                const int64_t F = checked_prod({c, h, w}, "fc inputs");
                 L.outC = units;
                 L.outH = 1;
                 L.outW = 1;
                 L.w_off = P;
-                L.n_w = int64_t(units) * F;
-                P += L.n_w;
+                L.n_w = checked_mul(units, F, "fc weights");
+                P = checked_add(P, L.n_w, "parameters");
                 L.b_off = P;
                 L.n_b = units;
-                P += units;
+                P = checked_add(P, units, "parameters");
                 c = units;
                 h = 1;
                 w = 1;
@@ -144,6 +160,9 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
                 if (i + 1 != specs.size()) throw layer_error(i, s.type, "softmax can only be the last layer");
                 break;
         }
+        } catch (const SizeError& e) {
+            throw layer_error(i, s.type, e.what());
+        }
         if (s.type != LayerType::Conv && s.type != LayerType::MaxPool && s.type != LayerType::FC) {
             L.outC = c;
             L.outH = h;
@@ -151,7 +170,7 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
         }
         layers_.push_back(L);
     }
-    if (int64_t(c) * h * w != n_classes)
+    if (checked_prod({c, h, w}) != n_classes)
         throw std::invalid_argument("the stack must end with n_classes = " + std::to_string(n_classes) +
                                     " outputs (a fully connected layer), but it ends with " +
                                     std::to_string(c) + "x" + std::to_string(h) + "x" + std::to_string(w));
@@ -159,11 +178,25 @@ Network::Network(const std::vector<LayerSpec>& specs, int H, int W, int C, int n
     P_ = P;
     const char* env = std::getenv("NDLM_SK_FUSE");
     fuse_ = fuse && !(env && std::strcmp(env, "0") == 0);
+    R_ = R;
     plan_segments();
+    // Before anything big is allocated: the whole network with a batch of one image must fit the
+    // machine's memory, then every per-image size must fit the kernels' int indexing.
+    check_memory(1);
+    for (size_t i = 0; i < layers_.size(); i++) {
+        const Layer& L = layers_[i];
+        for (int64_t n : {L.in_size(), L.out_size()})
+            if (n > kMaxExtent)
+                throw layer_error(i, L.spec.type,
+                                  "input " + std::to_string(L.inC) + "x" + std::to_string(L.inH) + "x" +
+                                      std::to_string(L.inW) + " -> output " + std::to_string(L.outC) + "x" +
+                                      std::to_string(L.outH) + "x" + std::to_string(L.outW) + " has more than " +
+                                      std::to_string(kMaxExtent) + " values per image (the kernels' limit)");
+    }
     plan_inference();
     layer_seconds_.assign(2 * layers_.size(), 0.0);
-    mem_.assign(size_t(4 * P), 0.f);
-    running_.assign(size_t(R), 0.f);
+    mem_.assign(checked_count(checked_mul(4, P, "parameter block")), 0.f);
+    running_.assign(checked_count(R), 0.f);
     std::mt19937_64 rng(seed);
     for (Layer& L : layers_) {
         if (L.spec.type == LayerType::BatchNorm) {
@@ -222,36 +255,172 @@ void Network::plan_segments() {
     }
 }
 
+// ---- memory: the estimate checked before buffers are allocated ---------------------------------
+
+double memory_limit_bytes() {
+    if (const char* env = std::getenv("NDLM_SK_MEMORY_LIMIT")) {
+        char* e = nullptr;
+        const double v = std::strtod(env, &e);
+        if (e != env && v > 0) return v;
+    }
+    double m = std::numeric_limits<double>::infinity();
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) m = double(pages) * double(page);
+    // a container's memory limit (cgroup v2 / v1), when lower
+    for (const char* f : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+        if (FILE* fp = std::fopen(f, "r")) {
+            double v = 0;
+            if (std::fscanf(fp, "%lf", &v) == 1 && v > 0) m = std::min(m, v);
+            std::fclose(fp);
+        }
+    }
+    return m;
+}
+
+static std::string fmt_bytes(double b) {
+    char buf[64];
+    if (b >= 1e15)
+        std::snprintf(buf, sizeof buf, "%.3g bytes", b);
+    else if (b >= double(int64_t(1) << 30))
+        std::snprintf(buf, sizeof buf, "%.3g bytes (%.1f GiB)", b, b / double(int64_t(1) << 30));
+    else
+        std::snprintf(buf, sizeof buf, "%.3g bytes (%.1f MiB)", b, b / double(1 << 20));
+    return buf;
+}
+
+// Scratch the tuned kernels of layer L allocate for a batch of B images with nth threads, in
+// bytes: an upper bound read off the kernels (ops/*_simd.h), V = 16 floats (the widest vector).
+static double kernel_scratch_bytes(const Layer& L, bool in_segment, double B, double nth) {
+    const double V = 16, f = 4, d = 8;
+    const double C = L.inC, H = L.inH, W = L.inW, HW = H * W;
+    const LayerSpec& s = L.spec;
+    double b = 0;
+    switch (s.type) {
+        case LayerType::BatchNorm:  // per-plane double partials, per-channel coefficients
+            b = 2 * d * B * C + 3 * f * C;
+            if (in_segment) b += nth * f * (HW + 2 * (double(L.inW) * 64 + 2 * V));  // plane, bands
+            break;
+        case LayerType::LRN:  // three C x 512 chunks per thread
+            b = nth * f * 3 * (C + 1) * 512;
+            break;
+        case LayerType::Conv: {  // packed weights, per-thread dw partials, per-thread band buffers
+            // (conv_common_simd.h make_geo: at most 16 output rows per band, s column phases)
+            const double st = s.stride;
+            const double fwd = C * ((std::min(16, L.outH) - 1) * st + s.kh) * st *
+                               (double(L.outW) + (s.kw - 1) / s.stride + 1 + 2 * V);
+            const double bwd = double(L.outC) * (std::min(16, L.inH) - 1 + s.kh) * (W + s.kw + 2 * V);
+            const double band = std::max(fwd, bwd) + V;
+            b = f * double(L.n_w) + d * nth * (double(L.n_w) + L.outC + 8) + nth * f * std::max(band, 96.0 * 1024);
+            break;
+        }
+        case LayerType::MaxPool:
+            b = nth * f * (4 * ((double(L.outW) + V) * s.stride + s.kh) + 8 * W + 3 * V);
+            if (in_segment) b += nth * f * (HW + 2 * (double(s.stride) * W + V));
+            break;
+        case LayerType::FC:  // dw column blocks of 512 in double
+            b = d * double(L.outC) * 512;
+            break;
+        case LayerType::ReLU:
+            if (in_segment) b = nth * f * (HW + 2 * V);
+            break;
+        case LayerType::Softmax:
+            b = f * B * double(L.out_size());
+            break;
+    }
+    return b;
+}
+
+// Whether layer l has an activation buffer of its own (see ensure_buffers)
+static bool own_buffer(const Layer& L, int seg_id, bool seg_out) {
+    return seg_id >= 0 ? seg_out : L.spec.type != LayerType::ReLU;
+}
+
+Network::MemoryEstimate Network::memory_estimate(int64_t Bi) const {
+    // in double: exact enough, and no overflow whatever the shapes (the allocations themselves
+    // use checked int64 sizes)
+    const double B = double(Bi), nth = double(n_threads_), f = 4;
+    MemoryEstimate e;
+    double fixed = 4 * f * double(P_) + f * double(R_);  // params | grads | adam m | adam v, running
+    if (fuse_) fixed += f * double(2 * P_ + R_);  // fused inference: folded weights, their key copy
+    const double in_bytes = f * B * double(C_) * H_ * W_;
+    double total = in_bytes, dmax = double(C_) * H_ * W_, scratch = 0;
+    std::vector<double> share(layers_.size());
+    for (size_t l = 0; l < layers_.size(); l++) {
+        const Layer& L = layers_[l];
+        const int sid = in_seg_[l];
+        const bool seg_out = sid >= 0 && size_t(segments_[size_t(sid)].end()) == l;
+        const double out = double(L.out_size());
+        double own = 4 * f * double(L.n_w + L.n_b);  // its parameters, gradients, Adam moments
+        if (own_buffer(L, sid, seg_out)) own += f * B * out;
+        if (L.spec.type == LayerType::MaxPool) own += f * B * out;  // argmax
+        if (seg_out && L.spec.type == LayerType::MaxPool) own += f * B * out;  // vlast
+        if (L.spec.type == LayerType::BatchNorm) own += 2 * f * L.inC + (sid >= 0 ? 4 * f * L.inC : 0);
+        const double sc = kernel_scratch_bytes(L, sid >= 0, B, nth);
+        total += own - 4 * f * double(L.n_w + L.n_b);
+        scratch = std::max(scratch, sc);
+        dmax = std::max(dmax, out);
+        share[l] = own + sc + 2 * f * B * out;  // + the two gradient buffers at its size
+    }
+    total += fixed + 2 * f * B * dmax + scratch;
+    e.bytes = total;
+    for (size_t l = 0; l < layers_.size(); l++)
+        if (share[l] > e.worst_bytes) {
+            e.worst_bytes = share[l];
+            e.worst_layer = l;
+        }
+    return e;
+}
+
+void Network::check_memory(int64_t B) const {
+    const double limit = memory_limit_bytes();
+    const MemoryEstimate e = memory_estimate(B);
+    if (!(e.bytes > limit)) return;
+    const Layer& L = layers_[e.worst_layer];
+    throw layer_error(e.worst_layer, L.spec.type,
+                      "output " + std::to_string(L.outC) + "x" + std::to_string(L.outH) + "x" +
+                          std::to_string(L.outW) + " per image needs " + fmt_bytes(e.worst_bytes) +
+                          " for a batch of " + std::to_string(B) +
+                          " (its activations, gradients, parameters and kernel scratch; the whole network " +
+                          fmt_bytes(e.bytes) + "), more than this machine's memory, " + fmt_bytes(limit));
+}
+
 void Network::ensure_buffers(int64_t B) {
     if (B <= cap_) return;
+    if (B > kMaxExtent)
+        throw std::invalid_argument("batches of more than " + std::to_string(kMaxExtent) + " images are not supported");
+    check_memory(B);
+    release_buffers();  // cap_ = 0 until every buffer is in place (an allocation may throw)
     const size_t nl = layers_.size();
     acts_.assign(nl + 1, {});
     stats_.assign(nl, {});
     argmax_.assign(nl, {});
-    acts_[0].resize(size_t(B * int64_t(C_) * H_ * W_));
-    int64_t dmax = acts_[0].size();
+    const int64_t in_n = checked_prod({B, C_, H_, W_}, "input batch");
+    acts_[0].resize(checked_count(in_n));
+    int64_t dmax = in_n;
     for (size_t l = 0; l < nl; l++) {
         const Layer& L = layers_[l];
+        const int64_t n = checked_mul(B, L.out_size(), "activations x batch");
         // ReLU runs in place (its backward needs only its output; no other layer's backward
         // needs its own output), so it gets no buffer of its own. Inside a fused segment only
         // the segment's output has a buffer (it is never the segment's input).
         const int sid = in_seg_[l];
         const bool seg_out = sid >= 0 && size_t(segments_[size_t(sid)].end()) == l;
-        if (sid >= 0 ? seg_out : L.spec.type != LayerType::ReLU)
-            acts_[l + 1].resize(size_t(B * L.out_size()));
-        if (L.spec.type == LayerType::BatchNorm) stats_[l].resize(size_t(2 * L.inC));
-        if (L.spec.type == LayerType::MaxPool) argmax_[l].resize(size_t(B * L.out_size()));
-        dmax = std::max(dmax, B * L.out_size());
+        if (own_buffer(L, sid, seg_out)) acts_[l + 1].resize(checked_count(n));
+        if (L.spec.type == LayerType::BatchNorm) stats_[l].resize(checked_count(checked_mul(2, L.inC)));
+        if (L.spec.type == LayerType::MaxPool) argmax_[l].resize(checked_count(n));
+        dmax = std::max(dmax, n);
     }
-    dbuf_[0].resize(size_t(dmax));
-    dbuf_[1].resize(size_t(dmax));
+    dbuf_[0].resize(checked_count(dmax));
+    dbuf_[1].resize(checked_count(dmax));
     seg_vlast_.assign(segments_.size(), {});
     for (size_t i = 0; i < segments_.size(); i++) {
         const Segment& sg = segments_[i];
         bool has_bn = false;
         for (int l = sg.first; l <= sg.last; l++)
             has_bn |= layers_[size_t(l)].spec.type == LayerType::BatchNorm;
-        if (sg.pool >= 0 && has_bn) seg_vlast_[i].resize(size_t(B * layers_[size_t(sg.pool)].out_size()));
+        if (sg.pool >= 0 && has_bn)
+            seg_vlast_[i].resize(
+                checked_count(checked_mul(B, layers_[size_t(sg.pool)].out_size(), "activations x batch")));
     }
     act_.assign(nl + 1, nullptr);
     act_[0] = acts_[0].data();
@@ -713,14 +882,15 @@ void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx,
         prepare_inference();
         const int T = m >= 2 && n_threads_ > 1 ? int(std::min<int64_t>(n_threads_, m)) : 1;
         if (iact_.size() < size_t(T)) {
+            check_memory(T);  // T images' training buffers bound T per-image inference buffers
             int64_t amax = 1;
             for (const Layer& L : layers_)
                 if (L.spec.type == LayerType::MaxPool) amax = std::max(amax, L.out_size());
             iact_.resize(size_t(T));
             iarg_.resize(size_t(T));
             for (int t = 0; t < T; t++) {
-                iact_[size_t(t)].resize(size_t(2 * iscratch_));
-                iarg_[size_t(t)].resize(size_t(amax));
+                iact_[size_t(t)].resize(checked_count(checked_mul(2, iscratch_, "inference scratch")));
+                iarg_[size_t(t)].resize(checked_count(amax));
             }
         }
         if (T == 1) {
@@ -867,7 +1037,7 @@ void Network::plan_inference() {
             }
         }
     }
-    fold_.assign(size_t(off), 0.f);
+    fold_.assign(checked_count(off), 0.f);
     fold_key_.clear();
 }
 

@@ -11,6 +11,10 @@
 
 namespace ndlm {
 
+// Largest output height / width and largest number of values per image of any layer: the kernels
+// index within an image (and max pooling's argmax within a plane) with int.
+constexpr int64_t kMaxExtent = 2147483647;
+
 // The layer types of layer_types.def
 enum class LayerType {
 #define NDLM_LAYER(Enum, name, keys) Enum,
@@ -83,6 +87,9 @@ struct InferStep {
     int64_t w_off = -1, b_off = -1, s_off = -1;    // folded weights, bias, sign (ConvPool) in fold_
     int64_t ep_off = -1;                           // ConvPool: per chain batch norm, scale (C) in fold_
 };
+// The memory a network may use: physical memory (sysconf), or less under a cgroup limit, or the
+// environment variable NDLM_SK_MEMORY_LIMIT (bytes) when set.
+double memory_limit_bytes();
 
 class Network {
   public:
@@ -118,6 +125,18 @@ class Network {
     // X[idx[i]] in chunks; each batch norm layer's running mean / variance becomes the exact
     // mean / unbiased variance of its input over all of them (pooled from the per-chunk moments).
     void population_stats(const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk);
+
+    // Estimated bytes the network needs to train on (or predict) batches of B images: parameters,
+    // gradients and Adam moments, activation and gradient buffers, and the largest kernel scratch
+    // (n_threads threads). worst_layer is the layer with the largest share, worst_bytes that share.
+    struct MemoryEstimate {
+        double bytes = 0, worst_bytes = 0;
+        size_t worst_layer = 0;
+    };
+    MemoryEstimate memory_estimate(int64_t B) const;
+    // ValueError (std::invalid_argument) naming the worst layer when memory_estimate(B) exceeds
+    // the machine's memory (memory_limit_bytes())
+    void check_memory(int64_t B) const;
 
     // Frees the activation buffers (hundreds of MB for big batches); they come back on demand.
     void release_buffers();
@@ -168,6 +187,7 @@ class Network {
     float input_scale_;
     std::vector<float> in_shift_, in_mult_;  // (H, W, C) each, or empty (set_input_norm)
     int64_t P_ = 0;                          // number of trainable parameters
+    int64_t R_ = 0;                          // number of batch norm running statistics
     std::vector<float> mem_;                 // params | grads | adam m | adam v (one allocation)
     std::vector<float> running_;             // batch norm running statistics
     int64_t step_ = 0;                       // Adam time step

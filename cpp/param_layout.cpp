@@ -1,10 +1,12 @@
 #include "param_layout.h"
 
+#include "checked_size.h"
+
 namespace ndlm {
 
 int64_t ParamSlot::size() const {
     int64_t n = 1;
-    for (int64_t s : shape) n *= s;
+    for (int64_t s : shape) n = checked_mul(n, s, name.c_str());
     return n;
 }
 

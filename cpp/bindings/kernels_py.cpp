@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "checked_size.h"
 #include "kernels.h"
 #include "layers.h"
 
@@ -25,6 +26,13 @@ bool use_fast(const std::string& impl) {
 void need_ndim(const FArr& a, int nd, const char* what) {
     if (a.ndim() != nd)
         throw py::value_error(std::string(what) + " must have " + std::to_string(nd) + " dimensions");
+    // the kernels take int dimensions, planes (H * W) and rows (C * H * W)
+    for (int i = 0; i < nd; i++)
+        if (a.shape(i) > 2147483647) throw py::value_error(std::string(what) + ": dimension too large");
+    if (nd == 4 && (checked_mul(a.shape(2), a.shape(3)) > 2147483647 ||
+                    checked_prod({a.shape(1), a.shape(2), a.shape(3)}) > 2147483647))
+        throw py::value_error(std::string(what) + ": image too large");
+    if (nd == 2 && a.shape(1) > 2147483647) throw py::value_error(std::string(what) + ": rows too long");
 }
 
 }  // namespace
@@ -118,9 +126,13 @@ void bind_kernels(py::module_& k) {
                     pad,
                     0,
                     0};
-        if (s.H + 2 * pad < s.KH || s.W + 2 * pad < s.KW) throw py::value_error("kernel larger than input");
-        s.OH = (s.H + 2 * pad - s.KH) / stride + 1;
-        s.OW = (s.W + 2 * pad - s.KW) / stride + 1;
+        if (int64_t(s.H) + 2 * int64_t(pad) < s.KH || int64_t(s.W) + 2 * int64_t(pad) < s.KW)
+            throw py::value_error("kernel larger than input");
+        const int64_t oh = (int64_t(s.H) + 2 * int64_t(pad) - s.KH) / stride + 1,
+                      ow = (int64_t(s.W) + 2 * int64_t(pad) - s.KW) / stride + 1;
+        if (checked_prod({s.N, s.Cout, oh, ow}) > (int64_t(1) << 31)) throw py::value_error("output too large");
+        s.OH = int(oh);
+        s.OW = int(ow);
         return s;
     };
     k.def(
@@ -190,8 +202,11 @@ void bind_kernels(py::module_& k) {
             const int N = int(dy.shape(0)), C = int(dy.shape(1)), OH = int(dy.shape(2)),
                       OW = int(dy.shape(3));
             if (am.size() != dy.size()) throw py::value_error("argmax and dy differ in size");
+            if (H < 1 || W < 1 || checked_prod({N, C, H, W}) > (int64_t(1) << 31))
+                throw py::value_error("bad H, W");
             for (int64_t i = 0; i < am.size(); i++)
-                if (am.data()[i] < 0 || am.data()[i] >= H * W) throw py::value_error("argmax out of range");
+                if (am.data()[i] < 0 || am.data()[i] >= int64_t(H) * W)
+                    throw py::value_error("argmax out of range");
             FArr dx({N, C, H, W});
             (use_fast(impl) ? fast::maxpool_backward : ref::maxpool_backward)(dx.mutable_data(), dy.data(),
                                                                               am.data(), N, C, H, W, OH, OW);

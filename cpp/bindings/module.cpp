@@ -4,6 +4,7 @@
 
 #include "bindings.h"
 #include "kernels.h"
+#include "network.h"
 
 namespace py = pybind11;
 
@@ -17,6 +18,8 @@ PYBIND11_MODULE(_core, m) {
     // the limits the core enforces, so the Python checks use the same numbers
     m.attr("MAX_THREADS") = py_bindings::kMaxThreads;
     m.attr("MAX_DIM") = py_bindings::kMaxDim;
+    m.def("memory_limit", &memory_limit_bytes,
+          "Bytes a network may use: physical memory, a lower cgroup limit, or NDLM_SK_MEMORY_LIMIT");
     py::module_ k =
         m.def_submodule("kernels", "Single layers, tuned ('fast') or reference ('ref'), for tests");
     py_bindings::bind_kernels(k);

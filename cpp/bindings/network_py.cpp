@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bindings.h"
+#include "checked_size.h"
 #include "network.h"
 #include "param_layout.h"
 
@@ -51,10 +52,10 @@ py::array_t<T> view_of(T* p, int64_t n, py::handle owner) {
 }
 
 py::array_t<float> copy_of(const float* p, std::vector<int64_t> shape) {
-    py::array_t<float> a(shape);
     int64_t n = 1;
-    for (auto s : shape) n *= s;
-    std::memcpy(a.mutable_data(), p, sizeof(float) * size_t(n));
+    for (auto s : shape) n = checked_mul(n, s, "array");
+    py::array_t<float> a(shape);
+    std::memcpy(a.mutable_data(), p, sizeof(float) * checked_count(n));
     return a;
 }
 
@@ -216,6 +217,16 @@ void bind_network(py::module_& m) {
             },
             "(channels, height, width) after each layer")
         .def_property_readonly("n_params", &Network::n_params)
+        .def(
+            "memory_estimate",
+            [](const Network& n, int64_t batch) {
+                if (batch < 1) throw py::value_error("batch must be >= 1");
+                const Network::MemoryEstimate e = n.memory_estimate(batch);
+                return py::make_tuple(e.bytes, e.worst_layer, e.worst_bytes);
+            },
+            py::arg("batch"),
+            "(bytes, worst layer, its bytes): the memory the network is estimated to need for batches of "
+            "`batch` images (checked against the machine's memory before buffers are allocated)")
         .def_property(
             "n_threads",
             [](Network& n) {
@@ -413,8 +424,8 @@ void bind_network(py::module_& m) {
             const int64_t step = py::int_(step_obj).cast<int64_t>();
             if (step < 0) throw py::value_error("adam_step must be >= 0");
             auto g = lock(n);
-            std::vector<float> tmp(size_t(4 * n.n_params()) +
-                                   n.running().size());  // validate all, then commit
+            std::vector<float> tmp(checked_count(checked_add(checked_mul(4, n.n_params(), "state"),
+                                                             int64_t(n.running().size()), "state")));  // validate all, then commit
             const int64_t P = n.n_params();
             copy_into(tmp.data(), d["params"], P, "params");
             copy_into(tmp.data() + P, d["adam_m"], P, "adam_m");
