@@ -361,7 +361,8 @@ Network::MemoryEstimate Network::memory_estimate(int64_t Bi) const {
         dmax = std::max(dmax, out);
         share[l] = own + sc + 2 * f * B * out;  // + the two gradient buffers at its size
     }
-    total += fixed + 2 * f * B * dmax + scratch;
+    // + the code and runtime pages the first pass touches and the threads' stacks (a margin)
+    total += fixed + 2 * f * B * dmax + scratch + double(16 << 20) + nth * double(1 << 20);
     e.bytes = total;
     for (size_t l = 0; l < layers_.size(); l++)
         if (share[l] > e.worst_bytes) {
