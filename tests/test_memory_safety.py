@@ -179,23 +179,24 @@ def test_memory_limit_refuses_a_batch_that_does_not_fit_and_the_network_stays_us
 
 
 def test_estimate_covers_what_training_really_allocates():
-    # peak resident memory of a child that trains one batch of 32 64x64 images through a stack
-    # with large activations, minus the peak before building the network, is below the estimate
+    # resident memory of a child holding a network after one training step on 32 64x64 images
+    # (its parameters and activation / gradient buffers stay allocated), minus the resident memory
+    # before the network was built, is below the estimate, and most of it
     r = run_child("""
-        import resource
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         stack = [{"type": "conv", "filters": 64, "kernel": 3, "padding": 1}, {"type": "batchnorm"},
                  {"type": "relu"}, {"type": "maxpool", "pool": 3, "stride": 1},
                  {"type": "conv", "filters": 64, "kernel": 3, "padding": 1}, {"type": "lrn"}, {"type": "fc"}]
         Xb = np.random.default_rng(0).integers(0, 256, (32, 64, 64, 3), dtype=np.uint8)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        before = rss()
         net = _core.Network(stack, [64, 64, 3], 2)
         net.train_step(Xb, np.arange(32), np.arange(32) % 2)
-        net.predict_proba(Xb, chunk=32)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(json.dumps({"exc": None, "msg": "", "used": after - before, "est": net.memory_estimate(32)[0]}))
+        used = rss() - before
+        print(json.dumps({"exc": None, "msg": "", "used": used, "est": net.memory_estimate(32)[0]}))
     """)
-    assert r["used"] > 0.3 * r["est"], r  # the estimate is not wildly off either
-    assert r["used"] <= r["est"], r
+    assert 0.5 * r["est"] < r["used"] <= r["est"], r
 
 
 def test_stacks_whose_sizes_overflow_are_value_errors():
