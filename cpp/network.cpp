@@ -887,12 +887,15 @@ void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx,
             int64_t amax = 1;
             for (const Layer& L : layers_)
                 if (L.spec.type == LayerType::MaxPool) amax = std::max(amax, L.out_size());
-            iact_.resize(size_t(T));
-            iarg_.resize(size_t(T));
+            // built aside, so a failed allocation leaves no half-sized buffers behind
+            std::vector<std::vector<float>> act(static_cast<size_t>(T));
+            std::vector<std::vector<int32_t>> arg(static_cast<size_t>(T));
             for (int t = 0; t < T; t++) {
-                iact_[size_t(t)].resize(checked_count(checked_mul(2, iscratch_, "inference scratch")));
-                iarg_[size_t(t)].resize(checked_count(amax));
+                act[size_t(t)].resize(checked_count(checked_mul(2, iscratch_, "inference scratch")));
+                arg[size_t(t)].resize(checked_count(amax));
             }
+            iact_.swap(act);
+            iarg_.swap(arg);
         }
         if (T == 1) {
             for (int64_t i = 0; i < m; i++) infer_image(out + i * K_, X, idx ? idx[i] : i, 0);

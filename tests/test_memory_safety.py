@@ -157,7 +157,8 @@ def test_memory_estimate_grows_with_the_batch_and_names_the_big_layer():
 
 
 def test_memory_limit_refuses_a_batch_that_does_not_fit_and_the_network_stays_usable(monkeypatch):
-    net = _core.Network(STACK, [64, 64, 3], 2)
+    # (fuse=False: the fused inference path predicts image by image, whatever the chunk)
+    net = _core.Network(STACK, [64, 64, 3], 2, fuse=False)
     X = np.random.default_rng(1).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
     b1 = net.memory_estimate(1)[0]
     b64 = net.memory_estimate(64)[0]
