@@ -9,6 +9,9 @@ out-of-fold predictions.
 
     python benchmarks/cv_compare.py --data PBC --folds 5 --max-iter 20 --patience 6 --threads 2 --out DIR
 
+With ``--scheduler tcp://HOST:8786`` the folds of each model run at once on that Dask cluster (the
+same scores as a local run with the same ``--threads``: each fit uses ``--threads`` OpenMP threads).
+
 Models: ``ndlm`` (the paper's configuration), ``ndlm-augment`` (NDLM trained on random symmetries of
 the square) and every Table III model. Per fold: accuracy, macro F1, per-class sensitivity and
 specificity, fit seconds, the out-of-fold predictions (also pooled in ``oof_predictions.csv``);
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from ndlm_sk.datasets import load_pbc
+from ndlm_sk.distributed import joblib_on_cluster
 from ndlm_sk.model_comparison import corrected_resampled_ttest, mcnemar, wilson_interval
 from ndlm_sk.table3 import make_table3_model
 from sklearn.metrics import confusion_matrix
@@ -53,32 +57,35 @@ def per_class_rates(y_true, pred, classes):
     return {str(c): {"sensitivity": float(se), "specificity": float(sp)} for c, se, sp in zip(classes, sens, spec)}
 
 
+def one_fold(X, y, fold, k, model, a):
+    """Train and test one (model, fold) through scikit-learn's cross_validate (seeded a.seed + k, so
+    a fold's model does not depend on which other folds run with it); the fitted estimator then
+    predicts its held-out fold once for the saved out-of-fold predictions."""
+    clf = make_model(model, a.seed + k, a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cv = cross_validate(clf, X, y, cv=[fold], scoring=["accuracy", "f1_macro"], return_estimator=True)
+    te = fold[1]
+    pred = cv["estimator"][0].predict(X[te])
+    return {
+        "accuracy": float(cv["test_accuracy"][0]),
+        "macro_f1": float(cv["test_f1_macro"][0]),
+        "per_class": per_class_rates(y[te], pred, np.unique(y)),
+        "seconds": float(cv["fit_time"][0]),
+        "test_index": te.tolist(),
+        "pred": [str(p) for p in pred],
+    }
+
+
 def run_folds(X, y, folds, pending, model, a):
-    """Train and test the pending folds of one model through scikit-learn's cross_validate (its
-    n_jobs spreads them over a Dask cluster under joblib's "dask" backend); each fitted estimator
-    then predicts its held-out fold once for the saved out-of-fold predictions. Every fold is seeded
-    a.seed + k, so a fold's model does not depend on which other folds run with it."""
-    classes = np.unique(y)
-    for k in pending:  # one call per fold: a fold's result is written as soon as it exists
-        clf = make_model(model, a.seed + k, a)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            cv = cross_validate(
-                clf, X, y, cv=[folds[k]], scoring=["accuracy", "f1_macro"], return_estimator=True, n_jobs=a.jobs
-            )
-        te = folds[k][1]
-        pred = cv["estimator"][0].predict(X[te])
-        yield (
-            k,
-            {
-                "accuracy": float(cv["test_accuracy"][0]),
-                "macro_f1": float(cv["test_f1_macro"][0]),
-                "per_class": per_class_rates(y[te], pred, classes),
-                "seconds": float(cv["fit_time"][0]),
-                "test_index": te.tolist(),
-                "pred": [str(p) for p in pred],
-            },
-        )
+    """Yield (k, result) of the pending folds of one model, in fold order, each as soon as it and
+    the folds before it are done: ``a.jobs`` folds at a time through joblib (on a Dask cluster under
+    joblib's "dask" backend with ``--scheduler``: the images are sent to each worker once)."""
+    from joblib import Parallel, delayed
+
+    run = Parallel(n_jobs=a.jobs, return_as="generator", pre_dispatch="all")
+    results = run(delayed(one_fold)(X, y, folds[k], k, model, a) for k in pending)
+    yield from zip(pending, results)
 
 
 def plot_folds(doc, path):
@@ -114,7 +121,15 @@ def main(argv=None):
     ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2, help="OpenMP threads per fit")
-    ap.add_argument("--jobs", type=int, default=None, help="cross_validate's n_jobs (default: one fold at a time)")
+    ap.add_argument(
+        "--jobs", type=int, default=None, help="folds trained at once (joblib n_jobs; default 1, -1 with --scheduler)"
+    )
+    ap.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="run the folds on a Dask cluster (tcp://HOST:8786); set --threads to the cores a task may use",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default=None)
     a = ap.parse_args(argv)
@@ -127,13 +142,16 @@ def main(argv=None):
     folds = list(StratifiedKFold(a.folds, shuffle=True, random_state=a.seed).split(X, y))
     out = Path(a.out)
     res = {}
-    for m in models:
-        (out / m).mkdir(parents=True, exist_ok=True)
-        pending = [k for k in range(len(folds)) if not (out / m / f"fold{k}.json").exists()]
-        for k, r in run_folds(X, y, folds, pending, m, a):
-            (out / m / f"fold{k}.json").write_text(json.dumps(r))
-            print(f"{m} fold {k}: accuracy {r['accuracy']:.4f}, {r['seconds']:.0f} s", flush=True)
-        res[m] = [json.loads((out / m / f"fold{k}.json").read_text()) for k in range(len(folds))]
+    with joblib_on_cluster(a.scheduler):
+        if a.scheduler and a.jobs is None:
+            a.jobs = -1
+        for m in models:
+            (out / m).mkdir(parents=True, exist_ok=True)
+            pending = [k for k in range(len(folds)) if not (out / m / f"fold{k}.json").exists()]
+            for k, r in run_folds(X, y, folds, pending, m, a):
+                (out / m / f"fold{k}.json").write_text(json.dumps(r))
+                print(f"{m} fold {k}: accuracy {r['accuracy']:.4f}, {r['seconds']:.0f} s", flush=True)
+            res[m] = [json.loads((out / m / f"fold{k}.json").read_text()) for k in range(len(folds))]
     n_test = float(np.mean([len(te) for _, te in folds]))
     n_train = len(y) - n_test
 

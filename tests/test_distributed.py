@@ -3,6 +3,7 @@
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import sys
@@ -23,6 +24,15 @@ from sklearn.model_selection import GridSearchCV, cross_val_score, cross_validat
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
+class _Paths(distributed.WorkerPlugin):
+    """Workers import this module (CountedArray) and benchmarks/ (cv_compare's fold function)."""
+
+    paths = [os.path.dirname(__file__), os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks")]
+
+    def setup(self, worker):
+        sys.path[:0] = [p for p in self.paths if p not in sys.path]
+
+
 @pytest.fixture(scope="module")
 def client():
     with (
@@ -31,7 +41,7 @@ def client():
         ) as cluster,
         distributed.Client(cluster) as c,
     ):
-        c.run(sys.path.insert, 0, os.path.dirname(__file__))  # workers unpickle CountedArray from here
+        c.register_plugin(_Paths(), name="test-paths")  # on every worker, also one started after a death
         yield c
 
 
@@ -179,6 +189,28 @@ def test_predict_on_the_cluster_equals_local_predict(client, archive):
         return [(k[0], s.model is not None, len(s.free)) for k, s in nd._MODELS.items()]
 
     assert sorted(client.run(cached).values()) == [[(str(model), True, 1)]] * 2
+
+
+def test_cv_compare_on_the_cluster_equals_local(client, tmp_path):
+    """benchmarks/cv_compare.py --scheduler: the folds on the cluster, the same results.json scores."""
+    sys.path.insert(0, _Paths.paths[1])
+    import cv_compare
+    from ndlm_sk.datasets import pbc_sample_path
+
+    argv = ["--data", str(pbc_sample_path()), "--models", "ndlm,cdfl", "--folds", "2", "--image-size", "24"]
+    argv += ["--max-iter", "2", "--patience", "1", "--threads", "1", "--batch-size", "64"]
+    argv += ["--cache-dir", str(tmp_path / "cache")]
+    cv_compare.main(argv + ["--out", str(tmp_path / "local")])
+    with distributed.get_task_stream(client) as ts:
+        cv_compare.main(argv + ["--out", str(tmp_path / "remote"), "--scheduler", client.scheduler.address])
+    assert len(ts.data) >= 4  # 2 models x 2 folds ran as tasks
+    local, remote = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("local", "remote"))
+    for m in ("ndlm", "cdfl"):
+        for key in ("accuracy", "macro_f1", "per_class"):
+            assert remote["scores"][m][key] == local["scores"][m][key], (m, key)
+    assert remote["tests"] == local["tests"]
+    oof = [(tmp_path / d / "oof_predictions.csv").read_text() for d in ("local", "remote")]
+    assert oof[0] == oof[1]
 
 
 def test_a_worker_killed_mid_prediction_loses_and_duplicates_no_row(client, archive, tmp_path):

@@ -15,11 +15,26 @@ Prediction over a tree of image files: :func:`predict_files` (``ndlm-sk predict 
 """
 
 import collections
+import contextlib
 import copy
 import os
 import sys
 import threading
 import time
+
+
+@contextlib.contextmanager
+def joblib_on_cluster(address):
+    """``joblib.parallel_config("dask")`` with a client of the scheduler at ``address`` for the
+    block: scikit-learn's ``n_jobs`` runs there. Does nothing when ``address`` is None or empty."""
+    if not address:
+        yield None
+        return
+    import joblib
+    from distributed import Client
+
+    with Client(address) as client, joblib.parallel_config("dask"):
+        yield client
 
 
 def worker_threads():
