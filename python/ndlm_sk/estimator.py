@@ -60,6 +60,29 @@ def _dihedral(xb, codes):
     return np.ascontiguousarray(xb)
 
 
+def _symmetries(shape):
+    """Codes of the symmetries _dihedral applies to (H, W, C) images: all 8 of the square's for
+    square images, the 4 flips otherwise (a transpose would change the shape)."""
+    return range(8) if shape[0] == shape[1] else range(4)
+
+
+def _tta_proba(net, X, chunk, n_classes):
+    """Class probabilities averaged over the image symmetries (float64 mean of the float32
+    predictions, returned as float32), in blocks of images so the transformed copies stay small."""
+    n = len(X)
+    codes = list(_symmetries(X.shape[1:]))
+    out = np.empty((n, n_classes), np.float32)
+    block = max(chunk, 256)
+    for s in range(0, n, block):
+        xb = X[s : s + block]
+        acc = np.zeros((len(xb), n_classes))
+        for code in codes:
+            xt = _dihedral(xb.copy(), np.full(len(xb), code))
+            acc += net.predict_proba(xt, chunk=chunk)
+        out[s : s + block] = acc / len(codes)
+    return out
+
+
 class NDLMClassifier(ClassifierMixin, BaseEstimator):
     """The NDLM white blood cell CNN (Al-Jader et al. 2026) trained with Adam, in C++.
 
@@ -150,6 +173,12 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         :func:`sklearn.utils.class_weight.compute_class_weight` on a large sample of the labels).
         Real smears are 50-70 % neutrophils and under 1 % basophils. A sample's weight is its
         class's weight times its ``sample_weight``; see :meth:`fit` for how weights enter the loss.
+    tta : bool, default=False
+        Test-time augmentation: ``predict_proba`` (and so ``predict``) averages the class
+        probabilities over the symmetries of the image: the 8 symmetries of the square (4 rotations
+        by 90 degrees, each with and without a flip) for square images, the 4 flips (none, rows,
+        columns, both) otherwise. 8x the prediction cost. Training (including the validation
+        scores during ``fit``) is unaffected; the ONNX export has no TTA. Not in the paper.
 
     Attributes
     ----------
@@ -201,6 +230,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         batchnorm_statistics="moving",
         batchnorm_l2_factor=0.0,
         class_weight=None,
+        tta=False,
     ):
         self.architecture = architecture
         self.image_shape = image_shape
@@ -228,6 +258,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         self.batchnorm_statistics = batchnorm_statistics
         self.batchnorm_l2_factor = batchnorm_l2_factor
         self.class_weight = class_weight
+        self.tta = tta
 
     # ------------------------------------------------------------------ input checking
     def _validate_X(self, X, reset, continuing=False):
@@ -714,7 +745,13 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "_net")
         X = self._validate_X(X, reset=False)
         self._net.n_threads = self._threads()
-        proba = self._net.predict_proba(X, chunk=int(self.predict_batch_size))
+        if not isinstance(self.tta, (bool, np.bool_)):
+            raise ValueError(f"tta must be True or False, got {self.tta!r}")
+        chunk = int(self.predict_batch_size)
+        if self.tta:
+            proba = _tta_proba(self._net, X, chunk, len(self.classes_))
+        else:
+            proba = self._net.predict_proba(X, chunk=chunk)
         self._net.release_buffers()
         return proba
 
