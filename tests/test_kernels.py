@@ -299,6 +299,171 @@ def test_fast_equals_ref_fc(case):
     nr.assert_within(db, rdb, nr.sum_tolerance(adb, N, rdb), "fc db")
 
 
+# ---- extreme finite inputs ----------------------------------------------------------------------
+# Values near float max (+-3.4e38), near the smallest normal (1e-38), denormals and zeros, alone and
+# mixed. Where the reference is finite the tuned kernel must be finite and within its budget; where
+# the reference is not finite the tuned kernel must give the same pattern (NaN where NaN, the same
+# infinity). Kernels that sum products (conv, fc, batch norm) accumulate in float32 by design, so
+# one operand is extreme and the other scaled so that no product and no partial sum of |terms|
+# leaves float range (the reference sums in double and would stay finite where float cannot); the
+# pointwise kernels (ReLU, max pooling, LRN, batch norm inference) get extreme values everywhere.
+FMAX = float(np.finfo(f32).max)
+DENORM = float(np.finfo(f32).smallest_subnormal)
+EXTREMES = ["huge", "tiny", "denormal", "mixed"]
+
+
+def extreme(rng, shape, kind):
+    sign = rng.choice([-1.0, 1.0], shape)
+    huge = sign * rng.uniform(0.5, 1.0, shape) * FMAX
+    tiny = sign * rng.uniform(1.0, 10.0, shape) * 1.1754944e-38
+    den = sign * rng.integers(1, 2**23, shape) * DENORM
+    if kind == "huge":
+        v = huge
+    elif kind == "tiny":
+        v = tiny
+    elif kind == "denormal":
+        v = den
+    else:
+        pick = rng.integers(0, 5, shape)
+        v = np.choose(pick, [huge, tiny, den, np.zeros(shape), sign * rng.uniform(0.1, 10, shape)])
+    return v.astype(f32)
+
+
+def assert_agrees(fast, ref, rtol, what, atol=4 * DENORM):
+    fast, ref = np.asarray(fast, np.float64), np.asarray(ref, np.float64)
+    assert fast.shape == ref.shape, what
+    fin = np.isfinite(ref)
+    bad = np.isfinite(fast) != fin
+    bad |= ~fin & ((np.isnan(fast) != np.isnan(ref)) | (np.sign(np.nan_to_num(fast)) != np.sign(np.nan_to_num(ref))))
+    assert not bad.any(), (
+        f"{what}: non-finite pattern differs at {np.argwhere(bad)[:5].tolist()}: "
+        f"fast {fast[bad][:5]} ref {ref[bad][:5]}"
+    )
+    tol = rtol * np.abs(ref[fin]) + np.broadcast_to(np.asarray(atol, np.float64), ref.shape)[fin]
+    err = np.abs(fast[fin] - ref[fin])
+    assert (err <= tol).all(), f"{what}: worst error {err.max():.3g} (tolerance there {tol[err.argmax()]:.3g})"
+
+
+@pytest.mark.parametrize("kind", EXTREMES)
+def test_fast_equals_ref_extreme_relu_and_maxpool(kind):
+    rng = _rng("extreme-pool", kind)
+    x = extreme(rng, (2, 3, 13, 11), kind)
+    assert_agrees(K.relu_forward(x, impl="fast"), K.relu_forward(x, impl="ref"), 0, "relu")
+    dy = extreme(rng, x.shape, kind)
+    assert_agrees(K.relu_backward(dy, x, impl="fast"), K.relu_backward(dy, x, impl="ref"), 0, "relu backward")
+    for pool, stride in [(2, 2), (3, 1), (5, 5)]:
+        y, am = K.maxpool_forward(x, pool, stride, impl="fast")
+        ry, ram = K.maxpool_forward(x, pool, stride, impl="ref")
+        assert_agrees(y, ry, 0, f"maxpool {pool}/{stride}")
+        g = extreme(rng, y.shape, kind)
+        assert_agrees(
+            K.maxpool_backward(g, ram, 13, 11, impl="fast"),
+            K.maxpool_backward(g, ram, 13, 11, impl="ref"),
+            1e-6,
+            "maxpool backward",
+        )
+
+
+@pytest.mark.parametrize("kind", EXTREMES)
+@pytest.mark.parametrize(
+    "size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (3, 1.0, 0.5, 1.0), (7, 0.1, 1.0, 1.0), (3, 1e-4, 0.6, 1.0)]
+)
+def test_fast_equals_ref_extreme_lrn(kind, size, alpha, beta, k):
+    rng = _rng("extreme-lrn", kind, size, beta)
+    x = extreme(rng, (2, 9, 7, 11), kind)
+    y = K.lrn_forward(x, size, alpha, beta, k, impl="fast")
+    ry = K.lrn_forward(x, size, alpha, beta, k, impl="ref")
+    assert_agrees(y, ry, 1e-5, "lrn forward")
+    # the gradient: dy moderate (the backward multiplies dy by x-sized factors)
+    dy = randn(rng, *x.shape)
+    assert_agrees(
+        K.lrn_backward(dy, x, size, alpha, beta, k, impl="fast"),
+        K.lrn_backward(dy, x, size, alpha, beta, k, impl="ref"),
+        1e-4,
+        "lrn backward",
+        atol=1e-30,
+    )
+
+
+# Known limitation: the tuned batch-norm training statistics sum in float32 (blocks of 1024), so
+# values whose sum or squared deviation leaves float range give NaN where the double reference
+# stays finite. Strict xfail: the test starts failing (and must be unmarked) once that is fixed.
+_BN_OVERFLOW = pytest.mark.xfail(strict=True, reason="float32 batch-norm statistics overflow on |x| ~ 1e38")
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param(k, marks=_BN_OVERFLOW) if k in ("huge", "mixed") else k for k in EXTREMES]
+)
+def test_fast_equals_ref_extreme_batchnorm(kind):
+    rng = _rng("extreme-bn", kind)
+    shape = (3, 5, 9, 13)
+    C = shape[1]
+    x = extreme(rng, shape, kind)
+    gamma, beta = randn(rng, C, offset=0.5), randn(rng, C)
+    y, mean, rstd = K.batchnorm_forward_train(x, gamma, beta, 1e-5, impl="fast")
+    ry, rmean, rrstd = K.batchnorm_forward_train(x, gamma, beta, 1e-5, impl="ref")
+    assert_agrees(mean, rmean, 1e-4, "batch norm mean", atol=1e-4 * np.abs(x).max())
+    assert_agrees(rstd, rrstd, 1e-4, "batch norm rstd")
+    # y = gamma xhat + beta: xhat within [-sqrt(M), sqrt(M)], its error relative to ~1
+    assert_agrees(y, ry, 1e-4, "batch norm output", atol=1e-3 * (np.abs(gamma).max() + 1))
+    rv = np.abs(extreme(rng, (C,), kind)) + f32(1e-5)
+    rm = extreme(rng, (C,), kind)
+    assert_agrees(
+        K.batchnorm_forward_infer(x, gamma, beta, rm, rv, 1e-5, impl="fast"),
+        K.batchnorm_forward_infer(x, gamma, beta, rm, rv, 1e-5, impl="ref"),
+        1e-5,
+        "batch norm inference",
+    )
+    dy = randn(rng, *shape)
+    dx, dg, db = K.batchnorm_backward(dy, x, rmean, rrstd, gamma, impl="fast")
+    rdx, rdg, rdb = K.batchnorm_backward(dy, x, rmean, rrstd, gamma, impl="ref")
+    M = shape[0] * shape[2] * shape[3]
+    assert_agrees(db, rdb, 0, "batch norm dbeta", atol=nr.sum_tolerance(np.abs(dy).sum(axis=(0, 2, 3)), M, 0).max())
+    assert_agrees(dg, rdg, 1e-4, "batch norm dgamma", atol=1e-3 * np.sqrt(M) * np.abs(dy).sum() / C)
+    assert_agrees(dx, rdx, 1e-3, "batch norm dx", atol=1e-3 * np.abs(gamma).max() * np.abs(rrstd).max() * 10)
+
+
+@pytest.mark.parametrize("kind", EXTREMES)
+def test_fast_equals_ref_extreme_conv_and_fc(kind):
+    rng = _rng("extreme-conv", kind)
+    x = extreme(rng, (2, 3, 12, 10), kind)
+    taps = 3 * 3 * 3
+    # weights and output gradients scaled so that sums of |terms| stay below float max
+    w = (rng.uniform(-1, 1, (4, 3, 3, 3)) / (2 * taps)).astype(f32)
+    b = randn(rng, 4)
+    for stride, pad in [(1, 1), (2, 0)]:
+        y = K.conv_forward(x, w, b, stride, pad, impl="fast")
+        ry = K.conv_forward(x, w, b, stride, pad, impl="ref")
+        ay = K.conv_forward(*_abs(x, w), np.zeros(4, f32), stride, pad, impl="ref")
+        assert_agrees(y, ry, 0, f"conv forward s{stride}", atol=nr.sum_tolerance(ay, taps, ry) + 4 * DENORM)
+        n_out = y.shape[0] * y.shape[2] * y.shape[3]
+        dy = (rng.uniform(-1, 1, y.shape) / (2 * n_out * taps)).astype(f32)
+        dx, dw, db = K.conv_backward(dy, x, w, stride, pad, impl="fast")
+        rdx, rdw, rdb = K.conv_backward(dy, x, w, stride, pad, impl="ref")
+        _, adw, _ = K.conv_backward(*_abs(dy, x, w), stride, pad, impl="ref")
+        assert_agrees(dw, rdw, 0, f"conv dw s{stride}", atol=nr.sum_tolerance(adw, n_out, rdw) + 4 * DENORM)
+        # dx: dy extreme, weights moderate
+        dyx = extreme(rng, y.shape, kind)
+        dyx = (dyx / (2 * taps)).astype(f32) if kind in ("huge", "mixed") else dyx
+        dx, _, _ = K.conv_backward(dyx, x, w, stride, pad, impl="fast")
+        rdx, _, _ = K.conv_backward(dyx, x, w, stride, pad, impl="ref")
+        adx, _, _ = K.conv_backward(*_abs(dyx, x, w), stride, pad, impl="ref")
+        assert_agrees(dx, rdx, 0, f"conv dx s{stride}", atol=nr.sum_tolerance(adx, taps, rdx) + 4 * DENORM)
+    F, O = 37, 5
+    xf = extreme(rng, (6, F), kind)
+    wf = (rng.uniform(-1, 1, (O, F)) / (2 * F)).astype(f32)
+    bf = randn(rng, O)
+    y = K.fc_forward(xf, wf, bf, impl="fast")
+    ry = K.fc_forward(xf, wf, bf, impl="ref")
+    ay = K.fc_forward(*_abs(xf, wf), np.zeros(O, f32), impl="ref")
+    assert_agrees(y, ry, 0, "fc forward", atol=nr.sum_tolerance(ay, F, ry) + 4 * DENORM)
+    dy = (rng.uniform(-1, 1, (6, O)) / (2 * 6 * O)).astype(f32)
+    dx, dw, db = K.fc_backward(dy, xf, wf, impl="fast")
+    rdx, rdw, rdb = K.fc_backward(dy, xf, wf, impl="ref")
+    _, adw, _ = K.fc_backward(*_abs(dy, xf, wf), impl="ref")
+    assert_agrees(dw, rdw, 0, "fc dw", atol=nr.sum_tolerance(adw, 6, rdw) + 4 * DENORM)
+
+
 # ---- every forced SIMD level, each in a fresh process -------------------------------------------
 def _cpu_flags():
     try:

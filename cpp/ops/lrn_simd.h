@@ -54,6 +54,43 @@ inline bool lrn_same_window(int c, int C, int h) {
     return c > 0 && maxi(0, c - h) == maxi(0, c - 1 - h) && mini(C - 1, c + h) == mini(C - 1, c - 1 + h);
 }
 
+// Squares above this (|x| > 1e15) make the float window sums, or k + a * sum and its powers,
+// leave float range (overflow, or an inverse in the denormals): such a chunk is computed in
+// double, the reference kernel's way (lrn_ref.cpp), so large finite inputs give finite outputs.
+constexpr float LRN_BIG_SQ = 1e30f;
+
+inline double lrn_scale_d(const float* xn, int64_t ld, int c, int C, int h, int i, float alpha, int size, float k) {
+    double s = 0.0;
+    for (int j = maxi(0, c - h); j <= mini(C - 1, c + h); j++) s += double(xn[int64_t(j) * ld + i]) * xn[int64_t(j) * ld + i];
+    return k + alpha / size * s;
+}
+
+// One chunk (len pixels of every channel, image planes of ld = HW floats) in double
+inline void lrn_forward_chunk_d(float* yn, const float* xn, int64_t ld, int C, int len, int size, float alpha,
+                                float beta, float k) {
+    const int h = size / 2;
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < len; i++)
+            yn[int64_t(c) * ld + i] =
+                float(xn[int64_t(c) * ld + i] * std::pow(lrn_scale_d(xn, ld, c, C, h, i, alpha, size, k), -beta));
+}
+
+inline void lrn_backward_chunk_d(float* dxn, const float* dyn, const float* xn, int64_t ld, int C, int len, int size,
+                                 float alpha, float beta, float k) {
+    const int h = size / 2;
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < len; i++) {
+            double acc = 0.0;
+            for (int j = maxi(0, c - h); j <= mini(C - 1, c + h); j++) {
+                const double sj = lrn_scale_d(xn, ld, j, C, h, i, alpha, size, k);
+                acc += double(dyn[int64_t(j) * ld + i]) * xn[int64_t(j) * ld + i] * std::pow(sj, -beta - 1.0);
+            }
+            const double si = lrn_scale_d(xn, ld, c, C, h, i, alpha, size, k);
+            const int64_t p = int64_t(c) * ld + i;
+            dxn[p] = float(dyn[p] * std::pow(si, -beta) - 2.0 * alpha * beta / size * xn[p] * acc);
+        }
+}
+
 void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float alpha, float beta, float k) {
     const int h = size / 2;
     const float a = alpha / size;
@@ -69,10 +106,18 @@ void lrn_forward(float* y, const float* x, int N, int C, int HW, int size, float
             const int i0 = int(it % nch) * LRN_CHUNK, len = mini(LRN_CHUNK, HW - i0);
             const float* xn = x + n * C * HW + i0;
             float* yn = y + n * C * HW + i0;
+            float big = 0.f;
             for (int c = 0; c < C; c++) {
                 const float* xc = xn + int64_t(c) * HW;
                 float* s = sq.p + int64_t(c) * LRN_CHUNK;
-                for (int i = 0; i < len; i++) s[i] = xc[i] * xc[i];
+                for (int i = 0; i < len; i++) {
+                    s[i] = xc[i] * xc[i];
+                    big = s[i] > big ? s[i] : big;
+                }
+            }
+            if (!(big <= LRN_BIG_SQ)) {
+                lrn_forward_chunk_d(yn, xn, HW, C, len, size, alpha, beta, k);
+                continue;
             }
             for (int c = 0; c < C; c++) {
                 if (!lrn_same_window(c, C, h)) {  // few channels: every window is the same one
@@ -106,10 +151,18 @@ void lrn_backward(float* dx, const float* dy, const float* x, int N, int C, int 
             const int64_t n = it / nch;
             const int i0 = int(it % nch) * LRN_CHUNK, len = mini(LRN_CHUNK, HW - i0);
             const int64_t o = n * C * HW + i0;
+            float big = 0.f;
             for (int c = 0; c < C; c++) {
                 const float* xc = x + o + int64_t(c) * HW;
                 float* s = sq.p + int64_t(c) * LRN_CHUNK;
-                for (int i = 0; i < len; i++) s[i] = xc[i] * xc[i];
+                for (int i = 0; i < len; i++) {
+                    s[i] = xc[i] * xc[i];
+                    big = s[i] > big ? s[i] : big;
+                }
+            }
+            if (!(big <= LRN_BIG_SQ)) {
+                lrn_backward_chunk_d(dx + o, dy + o, x + o, HW, C, len, size, alpha, beta, k);
+                continue;
             }
             for (int c = 0; c < C; c++) {
                 float* p = pw.p + int64_t(c) * LRN_CHUNK;
