@@ -464,7 +464,7 @@ def test_limits_and_version_have_one_source():
         _core.Network([{"type": "fc"}], [1, 1, 2], 2, n_threads=_MAX_THREADS + 1)
     with pytest.raises(ValueError, match="n_jobs"):
         NDLMClassifier(n_jobs=_MAX_THREADS + 1)._threads()
-    root = Path(ndlm_sk.__file__).parents[2]
+    root = Path(__file__).resolve().parents[1]  # the source tree (ndlm_sk may be installed elsewhere)
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
     source = project["tool"]["scikit-build"]["metadata"]["version"]["input"]
