@@ -302,7 +302,7 @@ def test_arrays_that_do_not_fit_the_architecture(data, tmp_path):
     with pytest.raises(ValueError, match=r"layer stack \(layers_\) is not in the form the core builds"):
         load_model(bad)
 
-    _edit_header(src, bad, lambda h: h["state"].update(image_shape_={"__tuple__": [40, 40, 3]}))
+    _edit_header(src, bad, lambda h: h["state"].update(image_shape_={"__tuple__": [40, 40, 3]}, n_features_in_=4800))
     with pytest.raises(ValueError, match="do not fit the declared model"):
         load_model(bad)
 
@@ -469,3 +469,103 @@ def test_limits_and_version_have_one_source():
     assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
     source = project["tool"]["scikit-build"]["metadata"]["version"]["input"]
     assert re.findall(r'^__version__ = "(.+)"', (root / source).read_text(), re.M) == [ndlm_sk.__version__]
+
+
+# ----------------------------------------------------------------------------- values no fit can produce
+def _edit_array(src, dst, field, edit):
+    """Rewrite the array stored for ``state[field...]`` (a tuple of keys) with ``edit(array)``."""
+    m = _members(src)
+    header = json.loads(m["header.json"])
+    ref = header["state"]
+    for k in field:
+        ref = ref[k]
+    name = ref["__array__"]
+    a = np.lib.format.read_array(io.BytesIO(m[f"{name}.npy"])).copy()
+    a = edit(a)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a, allow_pickle=False)
+    m[f"{name}.npy"] = buf.getvalue()
+    header["arrays"][name] = {"dtype": a.dtype.str, "shape": list(a.shape)}
+    m["header.json"] = json.dumps(header).encode()
+    _write(dst, m)
+
+
+def _set(a, index, value):
+    a[index] = value
+    return a
+
+
+@pytest.fixture(scope="module")
+def bn_model_file(data, tmp_path_factory):
+    """A fitted SMALL stack (a batch norm first): its running statistics sit at the start of ``running``."""
+    path = tmp_path_factory.mktemp("bn") / "bn.ndlm"
+    save_model(_fit(data, SMALL), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "field, edit, message",
+    [
+        (("_net_state", "running"), lambda a: _set(a, -1, -0.5), r"layer 0 \(batchnorm\) has 1 negative batch-norm"),
+        (("_net_state", "adam_v"), lambda a: _set(a, 3, -1e-9), "negative Adam second moment"),
+        (("_net_state", "params"), lambda a: _set(a, 0, 1e38), r"magnitude above 1e\+30.*predictions would be NaN"),
+        (("_net_state", "params"), lambda a: _set(a, 5, np.inf), "_net_state.params: 1 non-finite"),
+        (("_net_state", "adam_m"), lambda a: _set(a, 5, np.nan), "_net_state.adam_m: 1 non-finite"),
+        (("_net_state", "running"), lambda a: _set(a, 0, np.nan), "_net_state.running: 1 non-finite"),
+        (("_net_state", "params"), lambda a: a.astype(np.float64), "must be a 1-D float32 array"),
+        (("classes_",), lambda a: a[::-1].copy(), "classes_: must be sorted and distinct"),
+        (("classes_",), lambda a: np.concatenate([a[:-1], a[:1]]), "classes_: must be sorted and distinct"),
+    ],
+)
+def test_impossible_array_values(bn_model_file, tmp_path, field, edit, message):
+    bad = tmp_path / "bad.ndlm"
+    _edit_array(bn_model_file, bad, field, edit)
+    with pytest.raises(ValueError, match=r"bad\.ndlm is not a valid ndlm_sk model file.*" + message):
+        load_model(bad)
+
+
+def _put(key, value):
+    return lambda h: h["state"].update({key: value})
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda h: h.update(format_version=True), "format version True"),
+        (lambda h: h.update(format_version=1.0), "format version 1.0"),
+        (_put("predict_batch_size", 0), "predict_batch_size: must be a positive integer"),
+        (_put("predict_batch_size", None), "predict_batch_size: must be a positive integer"),
+        (_put("predict_batch_size", 2.5), "predict_batch_size: must be a positive integer"),
+        (_put("_seed", -1), r"_seed: must be an integer in \[0, 2\*\*64\)"),
+        (_put("_seed", 2**64), r"_seed: must be an integer in \[0, 2\*\*64\)"),
+        (_put("n_iter_", -3), "n_iter_: must be an integer >= 0"),
+        (_put("t_", 1.5), "t_: must be an integer >= 0"),
+        (_put("n_features_in_", 7), "n_features_in_: 7 is not height"),
+        (_put("review_threshold_", 1.5), r"review_threshold_: must be a probability in \[0, 1\]"),
+        (lambda h: h["state"]["_net_state"].update(adam_step=-1), "adam_step: must be an integer >= 0"),
+        (lambda h: h["state"]["_net_state"].update(adam_step=True), "adam_step: must be an integer >= 0"),
+        (_put("image_shape_", {"__tuple__": [2**21, 1, 3]}), "image_shape_: each size must be at most"),
+    ],
+)
+def test_impossible_header_values(bn_model_file, tmp_path, edit, message):
+    bad = tmp_path / "bad.ndlm"
+    _edit_header(bn_model_file, bad, edit)
+    with pytest.raises(ValueError, match=message) as e:
+        load_model(bad)
+    assert "bad.ndlm" in str(e.value)
+
+
+def test_values_a_fit_produces_still_load(bn_model_file, data, tmp_path):
+    """The checks reject only the impossible: zero variances and moments, negative weights,
+    a review rule of exactly 0 or 1, integer labels, all load."""
+    ok = tmp_path / "ok.ndlm"
+    _edit_array(bn_model_file, ok, ("_net_state", "running"), lambda a: _set(a, -1, 0.0))
+    load_model(ok)
+    _edit_array(bn_model_file, ok, ("_net_state", "params"), lambda a: _set(a, 0, -1e3))
+    load_model(ok)
+    _edit_header(bn_model_file, ok, _put("review_threshold_", 1.0))
+    assert load_model(ok).review_threshold_ == 1.0
+    X, y = data
+    clf = _fit(data, SMALL, y=np.searchsorted(np.unique(y), y) * 10 - 5)  # labels -5, 5, 15, ...
+    save_model(clf, ok)
+    np.testing.assert_array_equal(load_model(ok).predict(X[:8]), clf.predict(X[:8]))

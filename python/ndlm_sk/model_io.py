@@ -322,7 +322,7 @@ def load_model(path):
         if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
             raise _bad(shown, f"header.json does not declare format {FORMAT_NAME!r}")
         version = header.get("format_version")
-        if version != FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
             raise ValueError(
                 f"{shown} has model format version {version!r} (written by ndlm_sk "
                 f"{header.get('library_version', '?')}); this ndlm_sk ({__version__}) reads "
@@ -395,6 +395,8 @@ def _ndlm_from_state(state, shown):
     if not isinstance(state, dict):
         raise _bad(shown, "an estimator state is not an object")
     _check_state(state, shown)
+    if "_net_state" in state:
+        _check_values(state, shown)
     est = NDLMClassifier.__new__(NDLMClassifier)
     try:
         est.__setstate__(state)
@@ -402,6 +404,8 @@ def _ndlm_from_state(state, shown):
         raise _bad(shown, "the declared layer stack is too large to build") from None
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RuntimeError) as e:
         raise _bad(shown, f"the saved arrays do not fit the declared model ({e})") from None
+    if "_net_state" in state:
+        _check_built(est, shown)
     return est
 
 
@@ -442,6 +446,85 @@ def _check_state(state, shown):
     n_params = state.get("n_params_")
     if isinstance(n_params, int) and ns["params"].size != n_params:
         raise _bad(shown, f"{ns['params'].size} parameters stored but n_params_={n_params}")
+
+
+#: Largest parameter magnitude a file may hold. Adam moves a weight by about learning_rate_init per
+#: step, so no fit comes near it; beyond it the products of a forward pass overflow float32
+#: (predictions would be NaN).
+MAX_ABS_PARAM = 1e30
+
+
+def _is_int(v, low=None):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and (low is None or v >= low)
+
+
+def _check_values(state, shown):
+    """Value checks of a fitted state: reject what no fit can produce (raised as ValueError naming
+    the field), before the network is built from it."""
+
+    def bad(field, problem):
+        return _bad(shown, f"field {field}: {problem}")
+
+    ns = state["_net_state"]
+    for name in ("params", "adam_m", "adam_v", "running"):
+        a = ns[name]
+        if a.dtype != np.float32 or a.ndim != 1:
+            raise bad(f"_net_state.{name}", f"must be a 1-D float32 array, got {a.dtype} {a.shape}")
+        n_bad = int(np.count_nonzero(~np.isfinite(a)))
+        if n_bad:
+            raise bad(f"_net_state.{name}", f"{n_bad} non-finite value(s)")
+    big = np.abs(ns["params"]) > MAX_ABS_PARAM
+    if big.any():
+        raise bad(
+            "_net_state.params",
+            f"{int(big.sum())} value(s) of magnitude above {MAX_ABS_PARAM:g} (largest "
+            f"{float(np.abs(ns['params']).max()):.3g}): no fit gives such weights, and predictions would be NaN",
+        )
+    if (ns["adam_v"] < 0).any():
+        raise bad("_net_state.adam_v", f"{int((ns['adam_v'] < 0).sum())} negative Adam second moment(s)")
+    if not _is_int(ns.get("adam_step"), 0):
+        raise bad("_net_state.adam_step", f"must be an integer >= 0, got {ns.get('adam_step')!r}")
+    if not (_is_int(state["_seed"], 0) and state["_seed"] < 2**64):
+        raise bad("_seed", f"must be an integer in [0, 2**64), got {state['_seed']!r}")
+    classes = state["classes_"]
+    try:
+        uniq = np.unique(classes)
+    except TypeError:
+        raise bad("classes_", "labels of types that cannot be sorted together") from None
+    if len(uniq) != len(classes) or not np.array_equal(uniq, classes):
+        raise bad("classes_", f"must be sorted and distinct (as fit makes them), got {classes.tolist()!r:.200}")
+    shape = state["image_shape_"]
+    from . import _core
+
+    if max(shape) > _core.MAX_DIM:
+        raise bad("image_shape_", f"each size must be at most {_core.MAX_DIM}, got {shape!r}")
+    n_features = state.get("n_features_in_")
+    if n_features is not None and n_features != math.prod(shape):
+        raise bad("n_features_in_", f"{n_features!r} is not height * width * channels of image_shape_ {shape!r}")
+    for name in ("n_iter_", "t_"):
+        if name in state and not _is_int(state[name], 0):
+            raise bad(name, f"must be an integer >= 0, got {state[name]!r}")
+    if "review_threshold_" in state:
+        t = state["review_threshold_"]
+        if not (isinstance(t, (float, int, np.floating)) and not isinstance(t, bool) and 0 <= t <= 1):
+            raise bad("review_threshold_", f"must be a probability in [0, 1], got {t!r}")
+
+
+def _check_built(est, shown):
+    """Checks that need the rebuilt network: the named arrays of each layer, and predict_batch_size."""
+    for i, (spec, arrays) in enumerate(zip(est.layers_, est.get_layer_params())):
+        rv = arrays.get("running_var")
+        if rv is not None and (rv < 0).any():
+            raise _bad(
+                shown,
+                f"field _net_state.running: layer {i} ({spec['type']}) has {int((rv < 0).sum())} negative "
+                "batch-norm running variance(s)",
+            )
+    # the parameters prediction uses (the others are checked by the next fit, as for a live model
+    # whose parameters set_params changed after fitting)
+    p = est.predict_batch_size
+    if not _is_int(p, 1):
+        raise _bad(shown, f"field predict_batch_size: must be a positive integer, got {p!r}")
 
 
 # ----------------------------------------------------------------------------- by file name
