@@ -532,3 +532,13 @@ def test_dangerous_input_in_a_child_process(dangerous_results, name):
     else:
         assert r["exc"] in expected.split("|"), f"{name!r} raised {r['exc']}: {r['msg']}"
         assert re.search(pattern, r["msg"]), f"{name!r}: message {r['msg']!r} does not match {pattern!r}"
+
+
+def test_nested_lists_of_images(fitted):
+    """X.tolist() of an image array predicts as the array does; ragged images get a clear message."""
+    X = images(6)
+    np.testing.assert_array_equal(fitted.predict_proba(X.tolist()), fitted.predict_proba(X))
+    ragged = X.tolist()
+    ragged[2] = ragged[2][:-1]
+    with pytest.raises(ValueError, match="nested list of images of different shapes"):
+        fitted.predict(ragged)

@@ -308,3 +308,74 @@ def test_python_dash_m():
         [sys.executable, "-m", "ndlm_sk", "--version"], env=env, capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 0 and res.stdout.strip() == f"ndlm-sk {__version__}"
+
+
+# ----------------------------------------------------------------------------- one-line errors
+def _one_error_line(err, *needles):
+    """stderr is exactly one line ``ndlm-sk: error: ...`` containing every needle."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ndlm-sk: error: "), err
+    for n in needles:
+        assert str(n) in lines[0], (n, err)
+    return lines[0]
+
+
+def test_model_files_by_content_and_one_line_errors(trained, image_folder, workdir):
+    model, _ = trained
+    renamed = workdir / "renamed.joblib"  # an .ndlm renamed .joblib: read safely as .ndlm
+    renamed.write_bytes(model.read_bytes())
+    code, out, err = run("predict", renamed, image_folder)
+    assert code == 0 and len(out.splitlines()) > 1, err
+    clf = load_model(model)
+    joblib.dump(clf, workdir / "p.joblib")
+    (workdir / "p.ndlm").write_bytes((workdir / "p.joblib").read_bytes())  # a pickle named .ndlm: refused
+    code, _, err = run("predict", workdir / "p.ndlm", image_folder)
+    assert code == 2
+    _one_error_line(err, "p.ndlm: not an .ndlm archive but looks like a joblib")
+    blob = (workdir / "p.joblib").read_bytes()
+    (workdir / "cut.joblib").write_bytes(blob[: len(blob) // 2])  # joblib says "EOF: reading array data"
+    code, _, err = run("predict", workdir / "cut.joblib", image_folder)
+    assert code == 2
+    _one_error_line(err, "cut.joblib: not a readable joblib model file")
+    code, _, err = run("predict", workdir / "absent.ndlm", image_folder)
+    assert code == 2
+    _one_error_line(err, "absent.ndlm: No such file or directory")
+    code, _, err = run("predict", image_folder, image_folder)  # a folder given as the model
+    assert code == 2
+    _one_error_line(err, str(image_folder), "must end in .ndlm")
+    code, _, err = run("export-onnx", model, workdir / "missing" / "m.onnx")
+    assert code == 2
+    _one_error_line(err, "m.onnx: the folder", "does not exist")
+
+
+def test_train_checks_the_save_path_before_training(workdir):
+    target = workdir / "missing" / "dir" / "m.ndlm"
+    code, out, err = run(*TRAIN, "--save", target)
+    assert code == 2 and out == ""  # nothing loaded or trained
+    _one_error_line(err, f"{target}: the folder", "does not exist")
+    code, out, err = run(*TRAIN, "--save", workdir / "m.onnx")
+    assert code == 2 and out == ""
+    _one_error_line(err, "m.onnx: a model file must end in .ndlm")
+
+
+def test_unexpected_errors_are_one_line_with_exit_code_1(monkeypatch):
+    import ndlm_sk.cli as cli
+
+    def boom(args):
+        raise RuntimeError("training diverged:\n  the loss is not finite")
+
+    monkeypatch.setattr(cli, "_run_predict", boom)
+    code, _, err = run("predict", "m.ndlm", "x")
+    assert code == 1
+    _one_error_line(err, "RuntimeError: training diverged: the loss is not finite")
+
+    def no_memory(args):
+        raise MemoryError("std::bad_alloc")
+
+    monkeypatch.setattr(cli, "_run_predict", no_memory)
+    code, _, err = run("predict", "m.ndlm", "x")
+    assert code == 1
+    _one_error_line(err, "out of memory (std::bad_alloc)")
+    monkeypatch.setenv("NDLM_SK_TRACEBACK", "1")
+    with pytest.raises(MemoryError):
+        run("predict", "m.ndlm", "x")

@@ -415,16 +415,16 @@ def test_load_model_file_by_content(fitted, data, tmp_path):
     np.testing.assert_array_equal(load_model_file(tmp_path / "renamed.joblib").predict_proba(X[:8]), want)
     # a pickle named .ndlm is never unpickled: refused with a hint
     (tmp_path / "pickle.ndlm").write_bytes((tmp_path / "m.joblib").read_bytes())
-    with pytest.raises(ValueError, match=r"pickle\.ndlm is not an \.ndlm archive but looks like a joblib"):
+    with pytest.raises(ValueError, match=r"pickle\.ndlm: not an \.ndlm archive but looks like a joblib"):
         load_model_file(tmp_path / "pickle.ndlm")
     # a truncated joblib file: one ValueError naming the file (joblib says "EOF: reading array data")
     blob = (tmp_path / "m.joblib").read_bytes()
     for cut in (0, 10, len(blob) // 2, len(blob) - 1):
         (tmp_path / "cut.joblib").write_bytes(blob[:cut])
-        with pytest.raises(ValueError, match=r"cut\.joblib is not a readable joblib model file"):
+        with pytest.raises(ValueError, match=r"cut\.joblib: not a readable joblib model file"):
             load_model_file(tmp_path / "cut.joblib")
     joblib.dump({"not": "a model"}, tmp_path / "dict.joblib")
-    with pytest.raises(ValueError, match=r"dict\.joblib holds a dict, not an NDLMClassifier"):
+    with pytest.raises(ValueError, match=r"dict\.joblib: holds a dict, not an NDLMClassifier"):
         load_model_file(tmp_path / "dict.joblib")
     with pytest.raises(ValueError, match=r"m\.txt: a model file must end in \.ndlm"):
         load_model_file(tmp_path / "m.txt")
@@ -520,7 +520,7 @@ def bn_model_file(data, tmp_path_factory):
 def test_impossible_array_values(bn_model_file, tmp_path, field, edit, message):
     bad = tmp_path / "bad.ndlm"
     _edit_array(bn_model_file, bad, field, edit)
-    with pytest.raises(ValueError, match=r"bad\.ndlm is not a valid ndlm_sk model file.*" + message):
+    with pytest.raises(ValueError, match=r"bad\.ndlm: not a valid ndlm_sk model file.*" + message):
         load_model(bad)
 
 

@@ -83,6 +83,13 @@ def _class_list(text):
     return names
 
 
+def _check_out_folder(path):
+    """An output file's folder must exist (checked before any long work)."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise CLIError(f"{path}: the folder {folder} does not exist")
+
+
 def _resolve_architecture(value):
     """A preset name, or a JSON file holding a list of layer dicts."""
     from .architectures import PRESETS
@@ -446,6 +453,7 @@ def _run_export_onnx(args):
     from .model_io import load_model_file
     from .onnx_export import to_onnx
 
+    _check_out_folder(args.out)
     clf = load_model_file(args.model)
     to_onnx(clf, args.out, input_dtype=args.input_dtype)
     h, w, c = clf.image_shape_
@@ -824,17 +832,39 @@ def build_parser():
     return parser
 
 
+def _one_line(e):
+    """An exception as one line that names the file first: ``<file>: <problem>``."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e) or type(e).__name__
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
 def main(argv=None):
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
+    Every failure is one line on stderr, ``ndlm-sk: error: <file>: <problem>``: exit code 2 for
+    bad input (arguments, files, data; :class:`ValueError`, :class:`OSError`), 1 for anything else
+    (e.g. training that diverged, memory exhausted). ``NDLM_SK_TRACEBACK=1`` shows the traceback instead.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (CLIError, ValueError, OSError) as e:
-        _err(f"error: {e}")
-        return 2
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+    except Exception as e:
+        if os.environ.get("NDLM_SK_TRACEBACK"):
+            raise
+        if isinstance(e, (CLIError, ValueError, OSError)):
+            _err(f"error: {_one_line(e)}")
+            return 2
+        if isinstance(e, MemoryError):
+            _err(f"error: out of memory ({_one_line(e)})")
+        else:
+            _err(f"error: {type(e).__name__}: {_one_line(e)}")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -43,6 +43,25 @@ def _check_image_shape(shape, what):
     return shape
 
 
+def _nested_images(X):
+    """Nested lists (or tuples) of images, e.g. ``X.tolist()`` of an image array, as an array;
+    anything else unchanged (2-D lists stay lists for scikit-learn's own checks)."""
+    if hasattr(X, "ndim") or not isinstance(X, (list, tuple)):
+        return X
+    depth, first = 0, X
+    while isinstance(first, (list, tuple)) and len(first):
+        depth, first = depth + 1, first[0]
+    if depth < 3:
+        return X
+    try:
+        return np.asarray(X)
+    except ValueError:  # NumPy: "setting an array element with a sequence ... inhomogeneous shape"
+        raise ValueError(
+            "X is a nested list of images of different shapes: every image must have the same "
+            "height x width (x channels); resize them first (ndlm_sk.datasets.read_image does)"
+        ) from None
+
+
 def _dihedral(xb, codes):
     """Apply symmetry ``codes[i]`` (0-7: bit 0 flips rows, bit 1 flips columns, bit 2 transposes,
     the last only for square images) to image ``xb[i]`` of an (n, H, W, C) batch, in place."""
@@ -266,6 +285,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
 
         ``continuing``: a warm start or a later partial_fit call, whose X must still be of the
         fitted image shape as the ``image_shape`` parameter reads it."""
+        X = _nested_images(X)
         if hasattr(X, "ndim") and getattr(X, "ndim", 2) >= 3:
             X = check_array(
                 X,

@@ -269,7 +269,7 @@ def save_model(estimator, path):
 
 # ----------------------------------------------------------------------------- loading
 def _bad(path, reason):
-    return ValueError(f"{path} is not a valid ndlm_sk model file: {reason}")
+    return ValueError(f"{path}: not a valid ndlm_sk model file: {reason}")
 
 
 def _read_member(zf, name, limit, path):
@@ -324,7 +324,7 @@ def load_model(path):
         version = header.get("format_version")
         if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
             raise ValueError(
-                f"{shown} has model format version {version!r} (written by ndlm_sk "
+                f"{shown}: model format version {version!r} (written by ndlm_sk "
                 f"{header.get('library_version', '?')}); this ndlm_sk ({__version__}) reads "
                 f"format version {FORMAT_VERSION} only"
             )
@@ -590,7 +590,7 @@ def load_model_file(path):
         except ValueError as e:
             if ext in SAFE_EXTENSIONS and head.startswith(_PICKLE_MAGIC):
                 raise ValueError(
-                    f"{shown} is not an .ndlm archive but looks like a joblib / pickle file; "
+                    f"{shown}: not an .ndlm archive but looks like a joblib / pickle file; "
                     "if you trust it, rename it .joblib to load it with joblib"
                 ) from None
             raise e from None
@@ -599,7 +599,7 @@ def load_model_file(path):
     try:
         model = joblib.load(path)
     except Exception as e:  # noqa: BLE001 - truncated or foreign data fails in many ways
-        raise ValueError(f"{shown} is not a readable joblib model file ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{shown}: not a readable joblib model file ({type(e).__name__}: {e})") from None
     if not isinstance(model, (NDLMClassifier, CoupledNDLM)):
-        raise ValueError(f"{shown} holds a {type(model).__name__}, not an NDLMClassifier or a CoupledNDLM")
+        raise ValueError(f"{shown}: holds a {type(model).__name__}, not an NDLMClassifier or a CoupledNDLM")
     return model

@@ -31,6 +31,7 @@ import json
 import numpy as np
 
 from . import __version__
+from ._fileio import atomic_write
 
 __all__ = ["to_onnx", "ONNX_OPSET", "ONNX_IR_VERSION", "ONNXRUNTIME_MIN"]
 
@@ -259,7 +260,7 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
     helper.set_model_props(model, meta)
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
-        onnx.save_model(model, str(path))
+        atomic_write(path, lambda f: f.write(model.SerializeToString()))
     return model
 
 
