@@ -277,6 +277,28 @@ def _ints(text):
 
 
 # ---------------------------------------------------------------------------- main
+def fma_peak(simd, threads):
+    """The float32 FMA peak (GFLOP/s) of ``simd`` ("avx512" / "avx2") on ``threads`` threads: 12
+    independent FMA chains per thread (benchmarks/fma_peak.c), built with the C compiler, best of 5."""
+    import subprocess
+    import tempfile
+
+    flags = {"avx512": ["-mavx512f"], "avx2": ["-mavx2", "-mfma"]}.get(simd)
+    if flags is None:
+        raise SystemExit(f"no FMA peak kernel for SIMD level {simd!r}: give --fma-peak")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fma_peak.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "fma_peak")
+        cc = os.environ.get("CC", "cc")
+        try:
+            subprocess.run([cc, "-O2", *flags, "-fopenmp", src, "-o", exe], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"could not build {src} with {cc} ({e}): give --fma-peak") from None
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_PROC_BIND": "spread"}
+        out = subprocess.run([exe], check=True, capture_output=True, text=True, env=env).stdout
+    return float(out.rsplit("=", 1)[1])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -290,9 +312,9 @@ def main():
     ap.add_argument(
         "--fma-peak",
         type=float,
-        default=487.0,
-        help="float32 FMA peak (GFLOP/s) of the ISA the kernels run, all cores; default: 487, measured with "
-        "AVX-512 on the project's 2-core machine by ../shared/tools/fma_peak.sh (run it on a quiet machine)",
+        default=None,
+        help="float32 FMA peak (GFLOP/s) of the ISA the kernels run, all threads; default: measured before "
+        "the run by benchmarks/fma_peak.c (built with the C compiler, $CC or cc; run on a quiet machine)",
     )
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = ap.parse_args()
@@ -318,7 +340,8 @@ def main():
         "image_size": args.size,
         "rounds": args.rounds,
         "command": "python " + " ".join(sys.argv),
-        "fma_peak_gflops": args.fma_peak,
+        "fma_peak_gflops": args.fma_peak if args.fma_peak else fma_peak(ndlm_sk.simd_level(), T),
+        "fma_peak_source": "--fma-peak" if args.fma_peak else "benchmarks/fma_peak.c, measured before the run",
     }
     print(json.dumps(info, indent=1), flush=True)
     results = {"info": info}
@@ -443,9 +466,9 @@ def write_report(results, out):
     if fma:
         lines += [
             "",
-            f"Against the float32 FMA peak of the machine ({fma:.0f} GFLOP/s, {info['threads']} threads; the figure "
-            f"given with --fma-peak, measured by fma_peak.sh): inference costs {fwd / 1e9:.3f} GFLOP per image "
-            f"(conv + fc forward).",
+            f"Against the float32 FMA peak of the machine ({fma:.0f} GFLOP/s, {info['threads']} threads, "
+            f"{info['simd']}; from {info.get('fma_peak_source', '--fma-peak')}): "
+            f"inference costs {fwd / 1e9:.3f} GFLOP per image (conv + fc forward).",
             "",
             "| task | batch | framework | img/s | GFLOP/s | % of FMA peak |",
             "|---|---|---|---|---|---|",
