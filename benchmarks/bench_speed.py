@@ -1,11 +1,15 @@
 """Training and inference speed of NDLM: ndlm_sk vs PyTorch (CPU, eager) vs onnxruntime, side by side.
 
+Training also for Table III's 15x15 models (``--architectures``, default ndlm,dl,ndel) against
+PyTorch; inference (NDLM) also on onnxruntime running the PyTorch-exported ONNX of the same weights.
+
     pip install -r benchmarks/requirements.txt
     python benchmarks/bench_speed.py --threads 2 --out benchmarks/results/speed
 
 Every configuration runs in a fresh subprocess (so peak memory is per configuration) with the same
 thread count for every framework. Before timing, the script checks that the three compute the same
-outputs on the same weights, and that one Adam step of ndlm_sk and PyTorch gives the same weights.
+outputs on the same weights, and that one Adam step of ndlm_sk and PyTorch gives the same weights
+(for every architecture timed).
 """
 
 import argparse
@@ -89,12 +93,22 @@ def _median_time(fn, reps, warmup=1):
 
 
 # ---------------------------------------------------------------------------- one configuration
+def _ort_session(model_bytes, threads):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
 def worker(cfg):
     fw, mode, B, size, threads, reps = cfg["fw"], cfg["mode"], cfg["batch"], cfg["size"], cfg["threads"], cfg["reps"]
+    arch = cfg.get("arch", "ndlm")
     X, y = _images(B, size)
     out = dict(cfg)
     if fw == "ours":
-        clf = _fitted_classifier(size, threads)
+        clf = _fitted_classifier(size, threads, arch)
         net = clf._net
         net.n_threads = threads
         if mode == "train":
@@ -115,7 +129,7 @@ def worker(cfg):
         from torch_ndlm import adam_for, build_torch, to_nchw
 
         torch.set_num_threads(threads)
-        clf = _fitted_classifier(size, 1)
+        clf = _fitted_classifier(size, 1, arch)
         model = build_torch(clf.layers_, clf.image_shape_, clf.get_layer_params())
         xt = to_nchw(X, SCALE)
         yt = torch.from_numpy(y.astype(np.int64))
@@ -146,11 +160,23 @@ def worker(cfg):
         import onnxruntime as ort
         from ndlm_sk import to_onnx
 
-        clf = _fitted_classifier(size, 1)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(to_onnx(clf).SerializeToString(), so, providers=["CPUExecutionProvider"])
+        clf = _fitted_classifier(size, 1, arch)
+        sess = _ort_session(to_onnx(clf).SerializeToString(), threads)
+        name = sess.get_inputs()[0].name
+        _reset_peak()
+        t = _median_time(lambda: sess.run(None, {name: X}), reps)
+        out["onnxruntime"] = ort.__version__
+    elif fw == "ort_torch":  # onnxruntime on the ONNX that PyTorch exports of the same network
+        import onnxruntime as ort
+        import torch
+        from torch_ndlm import build_torch, export_onnx
+
+        torch.set_num_threads(1)
+        clf = _fitted_classifier(size, 1, arch)
+        data, out["exporter"] = export_onnx(
+            build_torch(clf.layers_, clf.image_shape_, clf.get_layer_params()), SCALE, X[:1]
+        )
+        sess = _ort_session(data, threads)
         name = sess.get_inputs()[0].name
         _reset_peak()
         t = _median_time(lambda: sess.run(None, {name: X}), reps)
@@ -171,15 +197,16 @@ def run_config(**cfg):
 
 
 # ---------------------------------------------------------------------------- checks and peaks
-def check_same_outputs(size, threads):
-    """ours vs PyTorch vs onnxruntime on the same weights, then one Adam step ours vs PyTorch."""
+def check_same_outputs(size, threads, arch="ndlm"):
+    """ours vs PyTorch vs onnxruntime (on ndlm_sk's and on PyTorch's ONNX export) on the same
+    weights, then one Adam step ours vs PyTorch."""
     import onnxruntime as ort
     import torch
     from ndlm_sk import to_onnx
-    from torch_ndlm import adam_for, build_torch, to_nchw
+    from torch_ndlm import adam_for, build_torch, export_onnx, to_nchw
 
     torch.set_num_threads(threads)
-    clf = _fitted_classifier(size, threads)
+    clf = _fitted_classifier(size, threads, arch)
     X, y = _images(8, size, seed=2)
     p_ours = clf.predict_proba(X)
     model = build_torch(clf.layers_, clf.image_shape_, clf.get_layer_params()).eval()
@@ -192,8 +219,15 @@ def check_same_outputs(size, threads):
         "max_abs_diff_proba_torch": float(np.abs(p_ours - p_torch).max()),
         "max_abs_diff_proba_onnxruntime": float(np.abs(p_ours - p_ort).max()),
     }
+    try:
+        data, res["torch_onnx_exporter"] = export_onnx(model, SCALE, X[:1])
+        s2 = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        p2 = s2.run(None, {s2.get_inputs()[0].name: X})[0]
+        res["max_abs_diff_proba_onnxruntime_torch_export"] = float(np.abs(p_ours - p2).max())
+    except RuntimeError as e:
+        res["torch_onnx_export_failed"] = str(e)
     # gradients from identical weights: ours (loss_and_grad) vs PyTorch (autograd)
-    clf2 = _fitted_classifier(size, threads)
+    clf2 = _fitted_classifier(size, threads, arch)
     net = clf2._net
     model2 = build_torch(clf2.layers_, clf2.image_shape_, clf2.get_layer_params()).train()
     loss_ours = net.loss_and_grad(X, y)
@@ -252,23 +286,28 @@ def gemm_peak(threads, n=2048, reps=5):
 
 
 def train_flops_per_image(layers, input_shape):
-    """Multiply-adds x 2 of conv and fc layers: forward once, backward twice (input and weights)."""
+    """Multiply-adds x 2 of conv and fc layers: (forward FLOPs, training FLOPs). Training is the forward
+    plus the backward for the weights and for the input, except at the first layer: ndlm_sk computes
+    no gradient for the images (so DL's first-layer conv costs 2x its forward, not 3x)."""
     h, w, c = input_shape
-    fwd = 0
-    for s in layers:
+    fwd = train = 0
+    for i, s in enumerate(layers):
+        f = 0
         if s["type"] == "conv":
             kh, kw = s["kernel"]
             h = (h + 2 * s["padding"] - kh) // s["stride"] + 1
             w = (w + 2 * s["padding"] - kw) // s["stride"] + 1
-            fwd += 2 * s["filters"] * c * kh * kw * h * w
+            f = 2 * s["filters"] * c * kh * kw * h * w
             c = s["filters"]
         elif s["type"] == "maxpool":
             h = (h - s["pool"]) // s["stride"] + 1
             w = (w - s["pool"]) // s["stride"] + 1
         elif s["type"] == "fc":
-            fwd += 2 * c * h * w * s["units"]
+            f = 2 * c * h * w * s["units"]
             c, h, w = s["units"], 1, 1
-    return fwd, 3 * fwd
+        fwd += f
+        train += f * (2 if i == 0 else 3)
+    return fwd, train
 
 
 def _ints(text):
@@ -306,9 +345,17 @@ def main():
     ap.add_argument("--size", type=int, default=300)
     ap.add_argument("--reps", type=int, default=5, help="timed repetitions per process (median)")
     ap.add_argument("--rounds", type=int, default=3, help="processes per configuration, frameworks alternating")
-    ap.add_argument("--train-batches", default="16,32,128")
+    ap.add_argument("--train-batches", default="16,32,128", help="NDLM training batch sizes")
     ap.add_argument("--infer-batches", default="1,64")
     ap.add_argument("--scaling-sizes", default="150,300,450")
+    ap.add_argument(
+        "--architectures",
+        default="ndlm,dl,ndel",
+        help="presets whose training is timed against PyTorch (ndlm at --train-batches, the others at "
+        "--arch-train-batches with --arch-reps repetitions); inference is NDLM's",
+    )
+    ap.add_argument("--arch-train-batches", default="32", help="training batch sizes of the non-NDLM architectures")
+    ap.add_argument("--arch-reps", type=int, default=2, help="timed repetitions per process, non-NDLM architectures")
     ap.add_argument(
         "--fma-peak",
         type=float,
@@ -325,7 +372,12 @@ def main():
     import ndlm_sk
     import onnxruntime
     import torch
+    from ndlm_sk import PRESETS
 
+    archs = [a.strip() for a in args.architectures.split(",") if a.strip()]
+    for a in archs:
+        if a not in PRESETS:
+            raise SystemExit(f"--architectures: unknown preset {a!r} (one of {', '.join(sorted(PRESETS))})")
     T = args.threads
     info = {
         "cpu": _cpu_model(),
@@ -339,14 +391,19 @@ def main():
         "numpy": np.__version__,
         "image_size": args.size,
         "rounds": args.rounds,
+        "architectures": archs,
         "command": "python " + " ".join(sys.argv),
         "fma_peak_gflops": args.fma_peak if args.fma_peak else fma_peak(ndlm_sk.simd_level(), T),
         "fma_peak_source": "--fma-peak" if args.fma_peak else "benchmarks/fma_peak.c, measured before the run",
     }
     print(json.dumps(info, indent=1), flush=True)
     results = {"info": info}
-    results["checks"] = check_same_outputs(64, T)
-    print("checks:", results["checks"], flush=True)
+    infer_batches = _ints(args.infer_batches)
+    checked = list(dict.fromkeys((["ndlm"] if infer_batches or "ndlm" in archs else []) + archs))
+    results["checks"] = {}
+    for a in checked:
+        results["checks"][a] = check_same_outputs(64, T, a)
+        print(f"checks {a}:", results["checks"][a], flush=True)
     results["gemm_peak_gflops"] = max(gemm_peak(T) for _ in range(3))
     print(f"GEMM 2048^2 peak: {results['gemm_peak_gflops']:.1f} GFLOP/s", flush=True)
 
@@ -365,25 +422,34 @@ def main():
             r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
             out.append(r)
             print(
-                f"{label} {fw:6s}: {r['images_per_s']:8.1f} img/s (rounds: {', '.join(f'{v:.1f}' for v in ips)})"
+                f"{label} {fw:9s}: {r['images_per_s']:8.1f} img/s (rounds: {', '.join(f'{v:.1f}' for v in ips)})"
                 f"  peak {r['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
         return out
 
     rows = []
-    for B in _ints(args.train_batches):
-        rows += measure(
-            f"train B={B:4d}",
-            [dict(fw=fw, mode="train", batch=B, size=args.size, threads=T, reps=args.reps) for fw in ("ours", "torch")],
+    for a in archs:
+        batches, reps = (
+            (_ints(args.train_batches), args.reps) if a == "ndlm" else (_ints(args.arch_train_batches), args.arch_reps)
         )
-    for B in _ints(args.infer_batches):
+        for B in batches:
+            rows += measure(
+                f"train {a} B={B:4d}",
+                [
+                    dict(fw=fw, arch=a, mode="train", batch=B, size=args.size, threads=T, reps=reps)
+                    for fw in ("ours", "torch")
+                ],
+            )
+    # onnxruntime on PyTorch's export only where it exported (the reason is in the checks otherwise)
+    ort_fws = ("ort", "ort_torch") if "torch_onnx_exporter" in results["checks"].get("ndlm", {}) else ("ort",)
+    for B in infer_batches:
         reps = args.reps * (5 if B == 1 else 1)
         rows += measure(
-            f"infer B={B:4d}",
+            f"infer ndlm B={B:4d}",
             [
-                dict(fw=fw, mode="infer", batch=B, size=args.size, threads=T, reps=reps)
-                for fw in ("ours", "torch", "ort")
+                dict(fw=fw, arch="ndlm", mode="infer", batch=B, size=args.size, threads=T, reps=reps)
+                for fw in ("ours", "torch", *ort_fws)
             ],
         )
     results["runs"] = rows
@@ -397,24 +463,33 @@ def main():
             )
     results["scaling"] = scaling
 
-    from ndlm_sk import PRESETS, NDLMClassifier  # noqa: F401
-
-    clf = _fitted_classifier(64, 1)
-    fwd, train = train_flops_per_image(clf.layers_, (args.size, args.size, 3))
-    results["flops_per_image"] = {"forward": fwd, "train": train}
+    results["flops_per_image"] = {}
+    for a in checked:
+        fwd, train = train_flops_per_image(_fitted_classifier(64, 1, a).layers_, (args.size, args.size, 3))
+        results["flops_per_image"][a] = {"forward": fwd, "train": train}
     write_report(results, args.out)
 
 
+FW_NAMES = {
+    "ours": "ndlm_sk",
+    "torch": "PyTorch",
+    "ort": "onnxruntime (ndlm_sk's ONNX)",
+    "ort_torch": "onnxruntime (PyTorch's ONNX)",
+}
+
+
 def write_report(results, out):
-    def get(fw, mode, B):
-        for r in results["runs"]:
-            if (r["fw"], r["mode"], r["batch"]) == (fw, mode, B):
+    runs = results["runs"]
+
+    def get(fw, mode, B, arch="ndlm"):
+        for r in runs:
+            if (r["fw"], r["mode"], r["batch"], r.get("arch", "ndlm")) == (fw, mode, B, arch):
                 return r
 
     info = results["info"]
     peak = results["gemm_peak_gflops"]
     lines = [
-        "# NDLM speed: ndlm_sk vs PyTorch vs onnxruntime",
+        "# Speed: ndlm_sk vs PyTorch vs onnxruntime (NDLM; training also DL / NDEL)",
         "",
         f"Command: `{info['command']}`",
         "",
@@ -425,74 +500,112 @@ def write_report(results, out):
         f"each in a fresh process that reports the median of its timed repetitions "
         f"(every round's value is in results.json).",
         "",
-        f"Same outputs first: max |p_ours - p_torch| = {results['checks']['max_abs_diff_proba_torch']:.2e}, "
-        f"max |p_ours - p_onnxruntime| = {results['checks']['max_abs_diff_proba_onnxruntime']:.2e}; "
-        f"loss {results['checks']['loss_ours']:.6f} (ours) vs {results['checks']['loss_torch']:.6f} (PyTorch), "
-        f"gradients equal to a max relative difference of {results['checks']['max_rel_diff_gradients']:.1e}; "
-        f"after one Adam step from the same weights, max |w_ours - w_torch| = "
-        f"{results['checks']['max_abs_diff_params_after_adam_step']:.2e} over the elements with a nonzero gradient "
-        f"({results['checks']['adam_step_elements_with_zero_gradient']} elements have an exactly-zero true gradient, "
-        f"e.g. the conv bias before batch norm, where Adam's normalized first step moves either framework by "
-        f"up to the learning rate on rounding noise).",
+        "Same outputs first (64x64 images, the weights of one partial_fit):",
         "",
-        "| task | batch | ndlm_sk img/s | PyTorch img/s | onnxruntime img/s | ours / PyTorch | ours / onnxruntime | peak MB (ours / torch / ort) |",  # noqa: E501
-        "|---|---|---|---|---|---|---|---|",
     ]
-    fl = results["flops_per_image"]["train"]
-    fwd = results["flops_per_image"]["forward"]
-    fma = info.get("fma_peak_gflops")
-    for r in results["runs"]:
+    for a, c in results["checks"].items():
+        line = (
+            f"- {a}: max |p_ours - p_torch| = {c['max_abs_diff_proba_torch']:.2e}, "
+            f"max |p_ours - p_onnxruntime| = {c['max_abs_diff_proba_onnxruntime']:.2e} (ndlm_sk's ONNX), "
+        )
+        if "max_abs_diff_proba_onnxruntime_torch_export" in c:
+            line += (
+                f"{c['max_abs_diff_proba_onnxruntime_torch_export']:.2e} (PyTorch's ONNX, {c['torch_onnx_exporter']}); "
+            )
+        else:
+            line += f"PyTorch's ONNX export failed ({c.get('torch_onnx_export_failed', 'not tried')}); "
+        line += (
+            f"loss {c['loss_ours']:.6f} (ours) vs {c['loss_torch']:.6f} (PyTorch), "
+            f"gradients equal to a max relative difference of {c['max_rel_diff_gradients']:.1e}; "
+            f"after one Adam step from the same weights, max |w_ours - w_torch| = "
+            f"{c['max_abs_diff_params_after_adam_step']:.2e} over the elements with a nonzero gradient "
+            f"({c['adam_step_elements_with_zero_gradient']} elements with an exactly-zero true gradient)."
+        )
+        lines.append(line)
+    lines += [
+        "",
+        "Elements with an exactly-zero true gradient (e.g. the conv bias before batch norm) are left out of the "
+        "Adam comparison: Adam's normalized first step moves either framework by up to the learning rate on "
+        "rounding noise.",
+        "",
+    ]
+    fws = [fw for fw in FW_NAMES if any(r["fw"] == fw for r in runs)]
+    peers = [fw for fw in fws if fw != "ours"]
+    lines += [
+        "| task | model | batch | "
+        + " | ".join(f"{FW_NAMES[fw]} img/s" for fw in fws)
+        + " | "
+        + " | ".join(f"ours / {FW_NAMES[fw]}" for fw in peers)
+        + " | peak MB ("
+        + " / ".join(FW_NAMES[fw] for fw in fws)
+        + ") |",
+        "|" + "---|" * (3 + len(fws) + len(peers) + 1),
+    ]
+    for r in runs:
         if r["fw"] != "ours":
             continue
-        t = get("torch", r["mode"], r["batch"])
-        o = get("ort", r["mode"], r["batch"]) if r["mode"] == "infer" else None
-        lines.append(
-            f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.1f} | {t['images_per_s']:.1f} | "
-            f"{o['images_per_s']:.1f} | "
-            if o
-            else f"| {r['mode']} | {r['batch']} | {r['images_per_s']:.1f} | {t['images_per_s']:.1f} | - | "
-        )
-        lines[-1] += (
-            f"{r['images_per_s'] / t['images_per_s']:.1f}x | "
-            + (f"{r['images_per_s'] / o['images_per_s']:.1f}x | " if o else "- | ")
-            + f"{r['peak_rss_mb']:.0f} / {t['peak_rss_mb']:.0f}"
-            + (f" / {o['peak_rss_mb']:.0f} |" if o else " / - |")
-        )
+        a = r.get("arch", "ndlm")
+        others = {fw: get(fw, r["mode"], r["batch"], a) for fw in fws}
+        cells = [r["mode"], a, str(r["batch"])]
+        cells += [f"{o['images_per_s']:.1f}" if o else "-" for o in others.values()]
+        cells += [f"{r['images_per_s'] / others[fw]['images_per_s']:.1f}x" if others[fw] else "-" for fw in peers]
+        cells.append(" / ".join(f"{o['peak_rss_mb']:.0f}" if o else "-" for o in others.values()))
+        lines.append("| " + " | ".join(cells) + " |")
+    flops = results["flops_per_image"]
     lines += [
         "",
         f"Machine GEMM peak (PyTorch 2048x2048 float32 matmul, {info['threads']} threads, best of 3): {peak:.0f} GFLOP/s. "  # noqa: E501
-        f"One training image costs {fl / 1e9:.3f} GFLOP (conv + fc, forward + 2x backward).",
+        "GFLOP per image (conv + fc multiply-adds x 2; training = forward + backward for weights and input, no input "
+        "gradient at the first layer): "
+        + ", ".join(
+            f"{a} {f['train'] / 1e9:.3f} training / {f['forward'] / 1e9:.3f} inference" for a, f in flops.items()
+        )
+        + ".",
     ]
+    fma = info.get("fma_peak_gflops")
     if fma:
         lines += [
             "",
             f"Against the float32 FMA peak of the machine ({fma:.0f} GFLOP/s, {info['threads']} threads, "
-            f"{info['simd']}; from {info.get('fma_peak_source', '--fma-peak')}): "
-            f"inference costs {fwd / 1e9:.3f} GFLOP per image (conv + fc forward).",
+            f"{info['simd']}; from {info.get('fma_peak_source', '--fma-peak')}):",
             "",
-            "| task | batch | framework | img/s | GFLOP/s | % of FMA peak |",
-            "|---|---|---|---|---|---|",
+            "| task | model | batch | framework | img/s | GFLOP per image | GFLOP/s | % of FMA peak |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for r in results["runs"]:
-            if r["fw"] == "torch" and r["mode"] == "train":
-                continue
-            g = r["images_per_s"] * (fl if r["mode"] == "train" else fwd) / 1e9
+        for r in runs:
+            f = flops[r.get("arch", "ndlm")]["train" if r["mode"] == "train" else "forward"] / 1e9
+            g = r["images_per_s"] * f
             lines.append(
-                f"| {r['mode']} | {r['batch']} | {r['fw']} | {r['images_per_s']:.1f} | {g:.1f} | {100 * g / fma:.0f}% |"
+                f"| {r['mode']} | {r.get('arch', 'ndlm')} | {r['batch']} | {r['fw']} | {r['images_per_s']:.1f} | "
+                f"{f:.3f} | {g:.1f} | {100 * g / fma:.0f}% |"
             )
-    lines += ["", "| training batch | ndlm_sk GFLOP/s | % of GEMM peak |", "|---|---|---|"]
-    for r in results["runs"]:
-        if r["fw"] == "ours" and r["mode"] == "train":
-            g = r["images_per_s"] * fl / 1e9
-            lines.append(f"| {r['batch']} | {g:.1f} | {100 * g / peak:.0f}% |")
-    trains = [r for r in results["runs"] if r["fw"] == "ours" and r["mode"] == "train"]
-    if not trains:
-        return _finish(lines, results, out)
-    prof = get("ours", "train", 32) or trains[0]
+    trains = [r for r in runs if r["fw"] == "ours" and r["mode"] == "train"]
+    if trains:
+        lines += ["", "| training | batch | ndlm_sk GFLOP/s | % of GEMM peak |", "|---|---|---|---|"]
+        for r in trains:
+            g = r["images_per_s"] * flops[r.get("arch", "ndlm")]["train"] / 1e9
+            lines.append(f"| {r.get('arch', 'ndlm')} | {r['batch']} | {g:.1f} | {100 * g / peak:.0f}% |")
+    for a in dict.fromkeys(r.get("arch", "ndlm") for r in trains):
+        prof = get("ours", "train", 32, a) or next(r for r in trains if r.get("arch", "ndlm") == a)
+        lines += ["", *_layer_table(prof, a)]
+    if results.get("scaling"):
+        lines += [
+            "",
+            "Scaling of ndlm_sk NDLM training (batch 32):",
+            "",
+            "| image size | threads | img/s | ms per image |",
+            "|---|---|---|---|",
+        ]
+        for r in results["scaling"]:
+            lines.append(f"| {r['size']} | {r['threads']} | {r['images_per_s']:.1f} | {1e3 / r['images_per_s']:.1f} |")
+    _finish(lines, results, out)
+
+
+def _layer_table(prof, arch):
+    """Per-layer forward / backward ms of one ndlm_sk training step, from a worker's layer_seconds."""
     steps = prof["steps"]
-    lines += [
-        "",
-        f"Per-layer time of one ndlm_sk training step (batch {prof['batch']}, ms per step):",
+    lines = [
+        f"Per-layer time of one ndlm_sk {arch} training step (batch {prof['batch']}, ms per step):",
         "",
         "| # | layer | forward ms | backward ms |",
         "|---|---|---|---|",
@@ -508,16 +621,7 @@ def write_report(results, out):
         num = f"{i + 1}" if j == i else f"{i + 1}-{j + 1}"
         lines.append(f"| {num} | {name} | {1e3 * f / steps:.1f} | {1e3 * b / steps:.1f} |")
         i = j + 1
-    lines += [
-        "",
-        "Scaling of ndlm_sk training (batch 32):",
-        "",
-        "| image size | threads | img/s | ms per image |",
-        "|---|---|---|---|",
-    ]
-    for r in results["scaling"]:
-        lines.append(f"| {r['size']} | {r['threads']} | {r['images_per_s']:.1f} | {1e3 / r['images_per_s']:.1f} |")
-    _finish(lines, results, out)
+    return lines
 
 
 def _finish(lines, results, out):

@@ -76,3 +76,45 @@ def adam_for(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, l2=1e-4):
 
 def to_nchw(images_uint8, scale):
     return torch.from_numpy(np.ascontiguousarray(images_uint8.transpose(0, 3, 1, 2))).float().mul_(scale)
+
+
+class _FromImages(nn.Module):
+    """``model`` on ndlm_sk's input (uint8 NHWC images), returning class probabilities: the same
+    contract as ndlm_sk's own ONNX export, so onnxruntime runs both on the same input."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, x):
+        return torch.softmax(self.model(x.permute(0, 3, 1, 2).float() * self.scale), dim=1)
+
+
+def export_onnx(model, scale, example_images):
+    """``model`` (eval mode) exported by torch.onnx.export, batch size dynamic: (ONNX bytes, exporter).
+
+    The TorchScript-based exporter (``dynamo=False``) is tried first, then the default (dynamo, which
+    needs the onnxscript package). Raises RuntimeError naming both failures if neither works."""
+    import io
+    import warnings
+
+    wrapped = _FromImages(model.eval(), scale).eval()
+    x = torch.from_numpy(np.ascontiguousarray(example_images))
+    errors = []
+    for dynamo in (False, True):
+        f = io.BytesIO()
+        kw = (
+            {"dynamic_shapes": ({0: torch.export.Dim("batch")},)}
+            if dynamo
+            else {"dynamic_axes": {"images": {0: "batch"}, "proba": {0: "batch"}}}
+        )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(wrapped, (x,), f, dynamo=dynamo, input_names=["images"], output_names=["proba"], **kw)
+        except Exception as e:  # noqa: BLE001 - any exporter failure is reported, with its reason
+            errors.append(f"dynamo={dynamo}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        return f.getvalue(), ("torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False)")
+    raise RuntimeError("; ".join(errors))
