@@ -876,7 +876,8 @@ float Network::loss_and_grad(const ImageBatch& X, const int64_t* idx, const int3
     return backward(y, w, B, nullptr);
 }
 
-void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk) {
+void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk,
+                            bool logits) {
     omp_set_num_threads(n_threads_);
     if (fuse_) {  // the fused inference plan, image by image (chunk does not matter)
         if (m <= 0) return;
@@ -898,7 +899,7 @@ void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx,
             iarg_.swap(arg);
         }
         if (T == 1) {
-            for (int64_t i = 0; i < m; i++) infer_image(out + i * K_, X, idx ? idx[i] : i, 0);
+            for (int64_t i = 0; i < m; i++) infer_image(out + i * K_, X, idx ? idx[i] : i, 0, logits);
             return;
         }
         // one image per thread at a time, its kernels on one thread
@@ -907,7 +908,7 @@ void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx,
             omp_set_num_threads(1);
             const int t = omp_get_thread_num();
 #pragma omp for schedule(dynamic, 1)
-            for (int64_t i = 0; i < m; i++) infer_image(out + i * K_, X, idx ? idx[i] : i, t);
+            for (int64_t i = 0; i < m; i++) infer_image(out + i * K_, X, idx ? idx[i] : i, t, logits);
         }
         return;
     }
@@ -919,8 +920,11 @@ void Network::predict_proba(float* out, const ImageBatch& X, const int64_t* idx,
         for (int64_t i = 0; i < B; i++) ids[size_t(i)] = idx ? idx[s + i] : s + i;
         load_batch(acts_[0].data(), X, ids.data(), B);
         forward(B, false, false);
+        const bool has_softmax = layers_.back().spec.type == LayerType::Softmax;
         const float* last = act_.back();
-        if (layers_.back().spec.type == LayerType::Softmax)
+        if (logits)  // the input of the final softmax (the stack's own, or the one applied here)
+            std::memcpy(out + s * K_, has_softmax ? act_[layers_.size() - 1] : last, sizeof(float) * size_t(B) * K_);
+        else if (has_softmax)
             std::memcpy(out + s * K_, last, sizeof(float) * size_t(B) * K_);
         else
             ref::softmax_forward(out + s * K_, last, int(B), K_);
@@ -1149,7 +1153,7 @@ void Network::prepare_inference() {
 }
 
 // Class probabilities of image X[src] into out (K_ floats), with thread t's scratch.
-void Network::infer_image(float* out, const ImageBatch& X, int64_t src, int t) {
+void Network::infer_image(float* out, const ImageBatch& X, int64_t src, int t, bool logits) {
     float* cur = iact_[size_t(t)].data();
     float* nxt = cur + iscratch_;
     int32_t* am = iarg_[size_t(t)].data();
@@ -1221,12 +1225,18 @@ void Network::infer_image(float* out, const ImageBatch& X, int64_t src, int t) {
                                  L.outC);
                 break;
             case LayerType::Softmax:
-                ref::softmax_forward(out, cur, 1, L.inC);
+                if (logits)
+                    std::memcpy(out, cur, sizeof(float) * size_t(L.inC));
+                else
+                    ref::softmax_forward(out, cur, 1, L.inC);
                 return;
         }
         std::swap(cur, nxt);
     }
-    ref::softmax_forward(out, cur, 1, K_);
+    if (logits)
+        std::memcpy(out, cur, sizeof(float) * size_t(K_));
+    else
+        ref::softmax_forward(out, cur, 1, K_);
 }
 
 }  // namespace ndlm

@@ -113,7 +113,9 @@ class Network {
     // runs the fused inference plan (InferStep), image by image (in parallel over the images of a
     // chunk when it has at least two and several threads are set), equal to the per-layer path
     // within float rounding; else the per-layer forward.
-    void predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk);
+    // logits: write the input of the final softmax instead of the probabilities
+    void predict_proba(float* out, const ImageBatch& X, const int64_t* idx, int64_t m, int64_t chunk,
+                       bool logits = false);
 
     // Input normalization fitted in Python (MATLAB's imageInputLayer 'zerocenter' / 'zscore'):
     // load_batch gives (x * input_scale - shift[e]) * mult[e] for each element e of an (H, W, C)
@@ -175,7 +177,7 @@ class Network {
     void plan_inference();
     void prepare_inference();  // (re)computes fold_ when the parameters changed
     void load_image(float* d, const ImageBatch& X, int64_t src, const float* bn_a, const float* bn_b) const;
-    void infer_image(float* out, const ImageBatch& X, int64_t src, int t);
+    void infer_image(float* out, const ImageBatch& X, int64_t src, int t, bool logits);
     void update_running(const Layer& L, const float* mean, const float* rstd, int64_t N);
     int seg_ops(const Segment& sg, SegOp* ops, SegShape* sh, int64_t B, bool train);
     void forward_segment(const Segment& sg, int64_t B, bool train, bool update_running);

@@ -296,7 +296,7 @@ void bind_network(py::module_& m) {
             ".grads")
         .def(
             "predict_proba",
-            [](Network& n, const py::array& X, py::object idx_obj, int64_t chunk) {
+            [](Network& n, const py::array& X, py::object idx_obj, int64_t chunk, bool logits) {
                 ImageBatch b = image_batch(X, n);
                 if (chunk < 1) throw py::value_error("chunk must be >= 1");
                 const Selection sel(idx_obj, b);
@@ -307,12 +307,13 @@ void bind_network(py::module_& m) {
                 {
                     py::gil_scoped_release nogil;
                     std::lock_guard<std::mutex> g(n.mutex());
-                    n.predict_proba(o, b, sel.ptr(), m, chunk);
+                    n.predict_proba(o, b, sel.ptr(), m, chunk, logits);
                 }
                 return out;
             },
-            py::arg("X"), py::arg("idx") = py::none(), py::arg("chunk") = 64,
-            "Class probabilities of the images X (or X[idx]) with running batch norm statistics")
+            py::arg("X"), py::arg("idx") = py::none(), py::arg("chunk") = 64, py::arg("logits") = false,
+            "Class probabilities of the images X (or X[idx]) with running batch norm statistics; "
+            "logits=True: the input of the final softmax instead")
         .def(
             "population_stats",
             [](Network& n, const py::array& X, py::object idx_obj, int64_t chunk) {

@@ -15,6 +15,7 @@ _LAZY = {
     "differential": ("smear", "differential"),
     "load_model": ("model_io", "load_model"),
     "evaluate_folder": ("evaluate", "evaluate_folder"),
+    "calibrate_temperature": ("calibration", "calibrate_temperature"),
 }
 __all__ = sorted(_LAZY) + ["__version__"]
 

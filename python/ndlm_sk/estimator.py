@@ -85,6 +85,20 @@ def _symmetries(shape):
     return range(8) if shape[0] == shape[1] else range(4)
 
 
+def _view_logits(net, X, chunk, n_classes, tta):
+    """Logits (the input of the final softmax), float32 (n_views, n, n_classes): the images
+    themselves, or with ``tta`` each of their symmetries (``_symmetries``; view 0 is the identity)."""
+    codes = list(_symmetries(X.shape[1:])) if tta else [0]
+    out = np.empty((len(codes), len(X), n_classes), np.float32)
+    block = max(chunk, 256)
+    for s in range(0, len(X), block):
+        xb = X[s : s + block]
+        for v, code in enumerate(codes):
+            xt = xb if code == 0 else _dihedral(xb.copy(), np.full(len(xb), code))
+            out[v, s : s + block] = net.predict_proba(xt, chunk=chunk, logits=True)
+    return out
+
+
 def _tta_proba(net, X, chunk, n_classes):
     """Class probabilities averaged over the image symmetries (float64 mean of the float32
     predictions, returned as float32), in blocks of images so the transformed copies stay small."""
@@ -218,6 +232,10 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     train_scores_ : training accuracy of every epoch (on the fly, training-mode batch norm)
     validation_scores_ : validation accuracy of every epoch (None without validation data)
     best_validation_score_, best_loss_
+    temperature_ : float, only after :func:`ndlm_sk.calibration.calibrate_temperature`
+        ``predict_proba`` returns ``softmax(logits / temperature_)`` (with ``tta``, its mean over
+        the symmetries); any later training removes it (and ``calibration_``, the record of how
+        it was fitted).
     """
 
     def __init__(
@@ -540,6 +558,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit(self, X, y, X_val, y_val, incremental, classes=None, sample_weight=None):
         self._check_params()
+        # a calibration belongs to the weights it was fitted for: any training drops it
+        for name in ("temperature_", "calibration_"):
+            self.__dict__.pop(name, None)
         continuing = hasattr(self, "_net") and (incremental or self.warm_start)
         if continuing:
             self._check_same_network("partial_fit" if incremental else "warm_start=True")
@@ -768,12 +789,28 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         if not isinstance(self.tta, (bool, np.bool_)):
             raise ValueError(f"tta must be True or False, got {self.tta!r}")
         chunk = int(self.predict_batch_size)
-        if self.tta:
+        temperature = getattr(self, "temperature_", None)
+        if temperature is not None and temperature != 1.0:
+            from .calibration import mean_softmax
+
+            logits = _view_logits(self._net, X, chunk, len(self.classes_), self.tta)
+            proba = mean_softmax(logits, temperature).astype(np.float32)
+        elif self.tta:
             proba = _tta_proba(self._net, X, chunk, len(self.classes_))
         else:
             proba = self._net.predict_proba(X, chunk=chunk)
         self._net.release_buffers()
         return proba
+
+    def predict_logits(self, X):
+        """Pre-softmax class scores (n, n_classes), float32, of the images as given: no TTA and
+        no temperature (``predict_proba`` without them is their softmax, up to float rounding)."""
+        check_is_fitted(self, "_net")
+        X = self._validate_X(X, reset=False)
+        self._net.n_threads = self._threads()
+        logits = _view_logits(self._net, X, int(self.predict_batch_size), len(self.classes_), False)[0]
+        self._net.release_buffers()
+        return logits
 
     def predict_log_proba(self, X):
         with np.errstate(divide="ignore"):

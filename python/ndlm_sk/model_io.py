@@ -508,6 +508,18 @@ def _check_values(state, shown):
         t = state["review_threshold_"]
         if not (isinstance(t, (float, int, np.floating)) and not isinstance(t, bool) and 0 <= t <= 1):
             raise bad("review_threshold_", f"must be a probability in [0, 1], got {t!r}")
+    if "temperature_" in state:
+        from .calibration import MAX_TEMPERATURE, MIN_TEMPERATURE
+
+        t = state["temperature_"]
+        if not (
+            isinstance(t, (float, int, np.floating))
+            and not isinstance(t, (bool, np.bool_))
+            and MIN_TEMPERATURE <= t <= MAX_TEMPERATURE  # False for NaN
+        ):
+            raise bad("temperature_", f"must be a number in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}], got {t!r}")
+    if "calibration_" in state and not isinstance(state["calibration_"], dict):
+        raise bad("calibration_", f"must be an object, got {state['calibration_']!r:.80}")
 
 
 def _check_built(est, shown):

@@ -75,7 +75,9 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
     """Convert a fitted :class:`~ndlm_sk.NDLMClassifier` into an ONNX model.
 
     Works for any layer stack the estimator accepts. The model is checked with
-    ``onnx.checker.check_model`` before it is returned.
+    ``onnx.checker.check_model`` before it is returned. A calibrated model's ``temperature_``
+    (:mod:`ndlm_sk.calibration`) is folded in: the logits are divided by it before the softmax,
+    as in ``predict_proba``. TTA is not exported (the graph predicts the images as given).
 
     Parameters
     ----------
@@ -215,6 +217,9 @@ def to_onnx(estimator, path=None, *, input_dtype="uint8", opset=ONNX_OPSET, name
             raise ValueError(f"layer {i}: cannot export layer type {t!r}")
     if rank != 2:
         x = node("Flatten", [x], "logits", axis=1)
+    temperature = getattr(estimator, "temperature_", None)
+    if temperature is not None and temperature != 1.0:  # calibration: softmax(logits / T)
+        x = node("Div", [x, const("temperature", np.asarray(temperature, dtype=np.float32))], "temperature_scaled")
     probs = "probabilities"
     nodes.append(helper.make_node("Softmax", [x], [probs], name="softmax_op", axis=1))
     nodes.append(helper.make_node("ArgMax", [probs], ["label_index"], name="argmax_op", axis=1, keepdims=0))
