@@ -206,6 +206,12 @@ def test_fast_equals_ref_conv(case):
     nr.assert_within(dx, rdx, nr.sum_tolerance(adx, Cout * KH * KW, rdx), "conv dx")
     nr.assert_within(dw, rdw, nr.sum_tolerance(adw, N * OH * OW, rdw), "conv dw")
     nr.assert_within(db, rdb, nr.sum_tolerance(adb, N * OH * OW, rdb), "conv db")
+    # without dx (a network's first layer): the same dw and db, bit for bit, and no dx
+    for impl in ("fast", "ref"):
+        ndx, ndw, ndb = K.conv_backward(dy, x, w, S, P, impl=impl, need_dx=False)
+        assert ndx is None
+        np.testing.assert_array_equal(ndw, dw if impl == "fast" else rdw)
+        np.testing.assert_array_equal(ndb, db if impl == "fast" else rdb)
 
 
 # ---- ReLU ---------------------------------------------------------------------------------------

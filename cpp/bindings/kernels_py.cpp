@@ -149,19 +149,22 @@ void bind_kernels(py::module_& k) {
         py::arg("impl") = "fast");
     k.def(
         "conv_backward",
-        [conv_shape](FArr dy, FArr x, FArr w, int stride, int pad, const std::string& impl) {
+        [conv_shape](FArr dy, FArr x, FArr w, int stride, int pad, const std::string& impl, bool need_dx) {
             ConvShape s = conv_shape(x, w, stride, pad);
             if (dy.size() != int64_t(s.N) * s.Cout * s.OH * s.OW)
                 throw py::value_error("dy has the wrong size");
-            FArr dx({s.N, s.Cin, s.H, s.W}), dw({s.Cout, s.Cin, s.KH, s.KW}), db({s.Cout});
+            // need_dx=False: dx skipped (null), as for a network's first layer; returned as None
+            FArr dx(need_dx ? std::vector<py::ssize_t>{s.N, s.Cin, s.H, s.W} : std::vector<py::ssize_t>{0}),
+                dw({s.Cout, s.Cin, s.KH, s.KW}), db({s.Cout});
             std::fill_n(dw.mutable_data(), dw.size(), 0.f);
             std::fill_n(db.mutable_data(), db.size(), 0.f);
-            (use_fast(impl) ? fast::conv_backward : ref::conv_backward)(
-                dx.mutable_data(), dw.mutable_data(), db.mutable_data(), dy.data(), x.data(), w.data(), s);
-            return py::make_tuple(dx, dw, db);
+            (use_fast(impl) ? fast::conv_backward : ref::conv_backward)(need_dx ? dx.mutable_data() : nullptr,
+                                                                        dw.mutable_data(), db.mutable_data(),
+                                                                        dy.data(), x.data(), w.data(), s);
+            return py::make_tuple(need_dx ? py::object(dx) : py::object(py::none()), dw, db);
         },
         py::arg("dy"), py::arg("x"), py::arg("w"), py::arg("stride") = 1, py::arg("padding") = 0,
-        py::arg("impl") = "fast");
+        py::arg("impl") = "fast", py::arg("need_dx") = true);
     k.def(
         "relu_forward",
         [](FArr x, const std::string& impl) {
