@@ -15,6 +15,7 @@ the reference kernel (impl="ref") on a smaller batch.
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -95,7 +96,7 @@ def main():
             peaks[simd] = args.fma_peak or fma_peak(simd, 1)
     results = {
         "cpu": _cpu_model(),
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + shlex.join(sys.argv),
         "size": args.size,
         "batch": args.batch,
         "reps": args.reps,
