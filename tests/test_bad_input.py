@@ -439,7 +439,7 @@ DANGEROUS = {
         "ValueError",
         "2147483648|too large|positive",
     ),
-    "n_jobs=100000": ("clf(n_jobs=100000).fit(X, y)", "ValueError", "n_jobs"),
+    "n_jobs=100000": ("clf(n_jobs=100000).fit(X, y)", "InvalidParameterError", "n_jobs"),
 }
 
 # Cases that fail today because of a bug in the estimator or core (see the report).

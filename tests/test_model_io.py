@@ -462,8 +462,9 @@ def test_limits_and_version_have_one_source():
     _core.Network([{"type": "fc"}], [1, 1, 2], 2, n_threads=_MAX_THREADS)
     with pytest.raises(ValueError, match="n_threads"):
         _core.Network([{"type": "fc"}], [1, 1, 2], 2, n_threads=_MAX_THREADS + 1)
+    NDLMClassifier(n_jobs=_MAX_THREADS)._check_params(("n_jobs",))
     with pytest.raises(ValueError, match="n_jobs"):
-        NDLMClassifier(n_jobs=_MAX_THREADS + 1)._threads()
+        NDLMClassifier(n_jobs=_MAX_THREADS + 1)._check_params(("n_jobs",))
     root = Path(__file__).resolve().parents[1]  # the source tree (ndlm_sk may be installed elsewhere)
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]

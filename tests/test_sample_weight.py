@@ -222,7 +222,7 @@ def test_partial_fit_takes_weights_and_refuses_balanced():
 @pytest.mark.parametrize(
     "kw, fit_kw, match",
     [
-        ({"class_weight": "heavy"}, {}, "class_weight must be"),
+        ({"class_weight": "heavy"}, {}, "'class_weight' parameter of NDLMClassifier must be"),
         ({"class_weight": {"a": -1.0, "b": 1, "c": 1}}, {}, r"class_weight\['a'\]"),
         ({"class_weight": {"a": 1, "b": 1, "c": 1, "z": 2}}, {}, "not in classes_"),
         ({}, {"sample_weight": np.r_[-1.0, np.ones(59)]}, "(?i)negative"),

@@ -67,7 +67,7 @@ def test_ndlm_file_round_trip_and_errors(data, tmp_path):
     assert not hasattr(load_model(tmp_path / "u.ndlm"), "estimators_")
     with pytest.raises(ValueError, match="n_networks"):
         CoupledNDLM(n_networks=0).fit(X, y)
-    with pytest.raises(ValueError, match="estimator must be an NDLMClassifier"):
+    with pytest.raises(ValueError, match="'estimator' parameter of CoupledNDLM must be None or an instance of"):
         CoupledNDLM(estimator="cdfl").fit(X, y)
 
 

@@ -3,11 +3,14 @@
 import os
 import time
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions, validate_parameter_constraints
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import (
@@ -146,9 +149,10 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         True: a new order of the training images every epoch. "once": one random order, drawn
         before training and kept for every epoch (MATLAB trainingOptions' default 'once').
         False: the order given.
-    random_state : int, RandomState or None
+    random_state : int in [0, 2**32 - 1], RandomState or None
         Seeds the weights, the shuffling and the validation split. The same seed and n_jobs give a
-        bit-identical fitted model.
+        bit-identical fitted model. An int is the seed itself; a RandomState or None (NumPy's
+        global generator, :func:`sklearn.utils.check_random_state`) draws one.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training data (or use ``X_val, y_val`` given to
         ``fit``), stop when the validation accuracy has not improved by ``tol`` for
@@ -360,68 +364,80 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         return X.reshape((n,) + self.image_shape_)
 
     def _threads(self):
+        """OpenMP threads for the core from ``n_jobs`` (validated by ``_check_params``)."""
         if self.n_jobs is None:
             from .distributed import worker_threads  # in a Dask worker: one thread per task
 
             return worker_threads() or int(_core.max_threads())
-        n = self.n_jobs
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n == 0 or abs(n) > _MAX_THREADS:
-            raise ValueError(
-                f"n_jobs must be None or a non-zero integer in [-{_MAX_THREADS}, {_MAX_THREADS}], got {n!r}"
-            )
-        return max(1, (os.cpu_count() or 1) + 1 + int(n)) if n < 0 else int(n)
+        n = int(self.n_jobs)
+        return max(1, (os.cpu_count() or 1) + 1 + n) if n < 0 else n
 
-    def _check_params(self):
-        def positive(name, integer=False):
-            v = getattr(self, name)
-            bad = not isinstance(v, (int, np.integer) if integer else (int, float, np.number))
-            if bad or isinstance(v, bool) or not v > 0:
-                kind = "a positive integer" if integer else "a positive number"
-                raise ValueError(f"{name} must be {kind}, got {v!r}")
+    # Checked the scikit-learn way (sklearn.utils._param_validation, as MLPClassifier does) by
+    # _check_params, the one place fit, partial_fit, predict and loading a model share.
+    _parameter_constraints = {
+        "architecture": [str, list],  # preset names and layer dicts: resolve_architecture and the core
+        "image_shape": [None, "array-like"],  # its values: _check_image_shape
+        "input_scale": [Interval(Real, None, None, closed="neither")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "beta_1": [Interval(Real, 0, 1, closed="left")],
+        "beta_2": [Interval(Real, 0, 1, closed="left")],
+        "epsilon": [Interval(Real, 0, None, closed="neither")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "shuffle": ["boolean", StrOptions({"once"})],
+        "random_state": ["random_state"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "n_jobs": [
+            None,
+            Interval(Integral, -_MAX_THREADS, -1, closed="both"),
+            Interval(Integral, 1, _MAX_THREADS, closed="both"),
+        ],
+        "predict_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "augment": ["boolean"],
+        "input_normalization": [StrOptions({"none", "zerocenter", "zscore"})],
+        "normalization_dimension": [StrOptions({"element", "channel"})],
+        "batchnorm_statistics": [StrOptions({"moving", "population"})],
+        "batchnorm_l2_factor": [Interval(Real, 0, None, closed="left")],
+        "class_weight": [None, StrOptions({"balanced"}), dict],
+    }
+    #: the parameters that build the network: fitted attributes of the same name + "_"
+    _FITTED_CONFIGURATION = ("input_scale", "input_normalization", "normalization_dimension")
 
-        for name in ("batch_size", "max_iter", "n_iter_no_change", "predict_batch_size"):
-            positive(name, integer=True)
-        for name in ("learning_rate_init", "epsilon"):
-            positive(name)
-            if not np.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
-        for name in ("beta_1", "beta_2"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float, np.number)) and 0 <= v < 1):
-                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
-        if not (isinstance(self.alpha, (int, float, np.number)) and self.alpha >= 0):
-            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
-        if not (isinstance(self.tol, (int, float, np.number)) and self.tol >= 0):
-            raise ValueError(f"tol must be >= 0, got {self.tol!r}")
-        f = self.batchnorm_l2_factor
-        if isinstance(f, bool) or not (isinstance(f, (int, float, np.number)) and np.isfinite(f) and f >= 0):
-            raise ValueError(f"batchnorm_l2_factor must be a finite number >= 0, got {f!r}")
-        if not (isinstance(self.validation_fraction, (int, float, np.number)) and 0 < self.validation_fraction < 1):
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-        if not (isinstance(self.input_scale, (int, float, np.number)) and np.isfinite(self.input_scale)):
-            raise ValueError(f"input_scale must be a finite number, got {self.input_scale!r}")
-        choices = {
-            "input_normalization": ("none", "zerocenter", "zscore"),
-            "normalization_dimension": ("element", "channel"),
-            "batchnorm_statistics": ("moving", "population"),
-        }
-        for name, allowed in choices.items():
-            v = getattr(self, name)
-            if not (isinstance(v, str) and v in allowed):
-                raise ValueError(f"{name} must be one of {list(allowed)}, got {v!r}")
-        shuffle_ok = isinstance(self.shuffle, (bool, np.bool_)) or (
-            isinstance(self.shuffle, str) and self.shuffle == "once"
-        )
-        if not shuffle_ok:
-            raise ValueError(f"shuffle must be True, False or 'once', got {self.shuffle!r}")
-        cw = self.class_weight
-        if isinstance(cw, dict):
+    def _check_params(self, names=None, fitted=False):
+        """Validate the parameters ``names`` (all by default) against ``_parameter_constraints``;
+        with ``fitted``, the fitted configuration (``input_scale_``, ...) against the same rules.
+
+        Raises sklearn's InvalidParameterError (a ValueError and a TypeError). Beyond sklearn's
+        own checks: a bool is not a number or a seed here, and a non-finite number says it must be
+        finite."""
+        names = list(self._parameter_constraints) if names is None else list(names)
+        values = {name: getattr(self, name) for name in names}
+        if fitted:
+            values.update({f"{name}_": getattr(self, f"{name}_") for name in self._FITTED_CONFIGURATION})
+        caller = type(self).__name__
+        for key, value in values.items():
+            constraints = self._parameter_constraints[key.rstrip("_")]
+            numeric = any(isinstance(c, Interval) for c in constraints)
+            if isinstance(value, (bool, np.bool_)) and not {"boolean", "verbose"} & set(map(str, constraints)):
+                raise InvalidParameterError(f"The {key!r} parameter of {caller} must not be {value!r}.")
+            try:
+                validate_parameter_constraints({key: constraints}, {key: value}, caller_name=caller)
+            except InvalidParameterError as e:
+                if numeric and isinstance(value, Real) and not np.isfinite(value):
+                    raise InvalidParameterError(f"{e} {key} must be finite.") from None
+                raise
+        cw = values.get("class_weight")
+        if isinstance(cw, dict):  # its values: the constraint checks the type only
             for k, v in cw.items():
-                ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                ok = isinstance(v, Real) and not isinstance(v, (bool, np.bool_))
                 if not (ok and np.isfinite(v) and v >= 0):
-                    raise ValueError(f"class_weight[{k!r}] must be a finite number >= 0, got {v!r}")
-        elif not (cw is None or (isinstance(cw, str) and cw == "balanced")):
-            raise ValueError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
+                    raise InvalidParameterError(f"class_weight[{k!r}] must be a finite number >= 0, got {v!r}")
 
     # ------------------------------------------------------------------ the core network
     def _build_network(self, stack):
@@ -455,7 +471,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         that build it must still ask for that network (as MLPClassifier refuses a warm start
         with other classes)."""
         changed = []
-        for name in ("input_scale", "input_normalization", "normalization_dimension"):
+        for name in self._FITTED_CONFIGURATION:
             if getattr(self, name) != getattr(self, name + "_"):
                 changed.append(f"{name}={getattr(self, name)!r} (fitted: {getattr(self, name + '_')!r})")
         if self.image_shape is not None and _check_image_shape(self.image_shape, "image_shape") != self.image_shape_:
@@ -581,12 +597,8 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         w = self._sample_weights(X, y, sample_weight, incremental)
         if not continuing:
             rs = self.random_state
-            if isinstance(rs, np.random.RandomState):
-                base = int(rs.randint(np.iinfo(np.int32).max))
-            elif rs is None:
-                base = int(np.random.SeedSequence().entropy % (2**31))
-            else:
-                base = int(rs)
+            # an int is the core's seed itself; None or a RandomState draw one, as sklearn does
+            base = int(rs) if isinstance(rs, Integral) else int(check_random_state(rs).randint(np.iinfo(np.int32).max))
             self._seed = base
             self._fit_configuration()
             self._build_network(resolve_architecture(self.architecture))
@@ -784,6 +796,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in the order of ``classes_``."""
         check_is_fitted(self, "_net")
+        self._check_params(("n_jobs", "predict_batch_size"))
         X = self._validate_X(X, reset=False)
         self._net.n_threads = self._threads()
         if not isinstance(self.tta, (bool, np.bool_)):
@@ -852,13 +865,16 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
             if name != "self" and name not in state and p.default is not inspect.Parameter.empty:
                 state[name] = p.default
         self.__dict__.update(state)
-        if net_state is not None:
+        if net_state is None:
+            self._check_params()
+        else:
             # the network is rebuilt from its fitted configuration, never from the constructor
             # parameters (set_params may have changed them after the fit); a model saved before
             # these fitted attributes existed was saved with the parameters it was fitted with
-            for name in ("input_scale", "input_normalization", "normalization_dimension"):
+            for name in self._FITTED_CONFIGURATION:
                 if name + "_" not in state:
                     setattr(self, name + "_", state[name])
+            self._check_params(fitted=True)
             saved_layers = state.get("layers_")
             stack = resolve_architecture(self.architecture) if saved_layers is None else saved_layers
             if not isinstance(stack, list) or not all(isinstance(layer, dict) for layer in stack):

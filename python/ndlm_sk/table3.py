@@ -10,8 +10,11 @@ VotingClassifier itself because it refits clones on every ``fit``, while ``repro
 epoch by epoch with ``warm_start`` and keeps the best validation epoch.
 """
 
+from numbers import Integral
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils._param_validation import Interval, InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
 from .estimator import NDLMClassifier
@@ -46,17 +49,20 @@ class CoupledNDLM(ClassifierMixin, BaseEstimator):
         self.n_networks = n_networks
         self.random_state = random_state
 
+    _parameter_constraints = {
+        "estimator": [None, NDLMClassifier],
+        "n_networks": [Interval(Integral, 1, 64, closed="both")],
+        # branch i is seeded random_state + i: every branch seed must be a valid NDLMClassifier one
+        "random_state": [None, Interval(Integral, 0, 2**32 - 64, closed="both")],
+    }
+
     def _template(self):
-        est = NDLMClassifier("cdfl") if self.estimator is None else self.estimator
-        if not isinstance(est, NDLMClassifier):
-            raise ValueError(f"estimator must be an NDLMClassifier, got {type(est).__name__}")
-        n = self.n_networks
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 64:
-            raise ValueError(f"n_networks must be an integer in [1, 64], got {n!r}")
-        rs = self.random_state
-        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, (int, np.integer)) or rs < 0):
-            raise ValueError(f"random_state must be None or a non-negative integer, got {rs!r}")
-        return est
+        """The branch template, after validating the parameters (fit, predict and loading)."""
+        for name, value in self.get_params(deep=False).items():
+            if isinstance(value, (bool, np.bool_)):  # sklearn's Interval takes a bool for an int
+                raise InvalidParameterError(f"The {name!r} parameter of {type(self).__name__} must not be {value!r}.")
+        self._validate_params()
+        return NDLMClassifier("cdfl") if self.estimator is None else self.estimator
 
     def fit(self, X, y, X_val=None, y_val=None):
         est = self._template()
