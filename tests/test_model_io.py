@@ -534,9 +534,18 @@ def _put(key, value):
     [
         (lambda h: h.update(format_version=True), "format version True"),
         (lambda h: h.update(format_version=1.0), "format version 1.0"),
-        (_put("predict_batch_size", 0), "predict_batch_size: must be a positive integer"),
-        (_put("predict_batch_size", None), "predict_batch_size: must be a positive integer"),
-        (_put("predict_batch_size", 2.5), "predict_batch_size: must be a positive integer"),
+        (
+            _put("predict_batch_size", 0),
+            r"'predict_batch_size' parameter of NDLMClassifier must be an int in the range \[1, inf\)",
+        ),
+        (
+            _put("predict_batch_size", None),
+            r"'predict_batch_size' parameter of NDLMClassifier must be an int in the range \[1, inf\)",
+        ),
+        (
+            _put("predict_batch_size", 2.5),
+            r"'predict_batch_size' parameter of NDLMClassifier must be an int in the range \[1, inf\)",
+        ),
         (_put("_seed", -1), r"_seed: must be an integer in \[0, 2\*\*64\)"),
         (_put("_seed", 2**64), r"_seed: must be an integer in \[0, 2\*\*64\)"),
         (_put("n_iter_", -3), "n_iter_: must be an integer >= 0"),

@@ -88,7 +88,9 @@ def test_bad_values_name_the_parameter_at_fit_and_partial_fit(param, value, mess
         _clf(**{param: value}).partial_fit(X, Y, classes=[0, 1, 2])
 
 
-@pytest.mark.parametrize("param, value", [("predict_batch_size", 0), ("predict_batch_size", None), ("n_jobs", 0)])
+@pytest.mark.parametrize(
+    "param, value", [("predict_batch_size", 0), ("predict_batch_size", None), ("n_jobs", 0), ("tta", "yes")]
+)
 def test_predict_validates_the_parameters_it_uses(fitted, param, value):
     clf = fitted.__class__(**fitted.get_params())
     clf.__setstate__(fitted.__getstate__())

@@ -80,7 +80,7 @@ def test_tta_is_saved_in_model_files_and_checked(fitted):
         assert back.tta is True
         np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
         clf.set_params(tta="yes")
-        with pytest.raises(ValueError, match="tta must be"):
+        with pytest.raises(ValueError, match="'tta' parameter of NDLMClassifier must be"):
             clf.predict_proba(X)
     finally:
         clf.set_params(tta=False)

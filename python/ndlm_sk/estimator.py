@@ -405,6 +405,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         "batchnorm_statistics": [StrOptions({"moving", "population"})],
         "batchnorm_l2_factor": [Interval(Real, 0, None, closed="left")],
         "class_weight": [None, StrOptions({"balanced"}), dict],
+        "tta": ["boolean"],
     }
     #: the parameters that build the network: fitted attributes of the same name + "_"
     _FITTED_CONFIGURATION = ("input_scale", "input_normalization", "normalization_dimension")
@@ -796,11 +797,9 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X):
         """Class probabilities, shape (n, n_classes), columns in the order of ``classes_``."""
         check_is_fitted(self, "_net")
-        self._check_params(("n_jobs", "predict_batch_size"))
+        self._check_params(("n_jobs", "predict_batch_size", "tta"))
         X = self._validate_X(X, reset=False)
         self._net.n_threads = self._threads()
-        if not isinstance(self.tta, (bool, np.bool_)):
-            raise ValueError(f"tta must be True or False, got {self.tta!r}")
         chunk = int(self.predict_batch_size)
         temperature = getattr(self, "temperature_", None)
         if temperature is not None and temperature != 1.0:

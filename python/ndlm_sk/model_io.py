@@ -46,6 +46,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from sklearn.utils._param_validation import InvalidParameterError
 
 from . import __version__
 from ._fileio import atomic_write
@@ -400,6 +401,8 @@ def _ndlm_from_state(state, shown):
     est = NDLMClassifier.__new__(NDLMClassifier)
     try:
         est.__setstate__(state)
+    except InvalidParameterError as e:  # a parameter outside _parameter_constraints: it names it
+        raise _bad(shown, str(e)) from None
     except MemoryError:
         raise _bad(shown, "the declared layer stack is too large to build") from None
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RuntimeError) as e:
@@ -523,7 +526,8 @@ def _check_values(state, shown):
 
 
 def _check_built(est, shown):
-    """Checks that need the rebuilt network: the named arrays of each layer, and predict_batch_size."""
+    """Checks that need the rebuilt network: the named arrays of each layer (the parameters are
+    checked by ``__setstate__`` against ``_parameter_constraints``)."""
     for i, (spec, arrays) in enumerate(zip(est.layers_, est.get_layer_params())):
         rv = arrays.get("running_var")
         if rv is not None and (rv < 0).any():
@@ -532,11 +536,6 @@ def _check_built(est, shown):
                 f"field _net_state.running: layer {i} ({spec['type']}) has {int((rv < 0).sum())} negative "
                 "batch-norm running variance(s)",
             )
-    # the parameters prediction uses (the others are checked by the next fit, as for a live model
-    # whose parameters set_params changed after fitting)
-    p = est.predict_batch_size
-    if not _is_int(p, 1):
-        raise _bad(shown, f"field predict_batch_size: must be a positive integer, got {p!r}")
 
 
 # ----------------------------------------------------------------------------- by file name
