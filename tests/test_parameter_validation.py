@@ -95,7 +95,8 @@ def test_predict_validates_the_parameters_it_uses(fitted, param, value):
     clf = fitted.__class__(**fitted.get_params())
     clf.__setstate__(fitted.__getstate__())
     clf.set_params(**{param: value})
-    for method in (clf.predict, clf.predict_proba, clf.predict_log_proba):
+    methods = [clf.predict, clf.predict_proba, clf.predict_log_proba]
+    for method in methods + ([clf.predict_logits] if param != "tta" else []):  # no TTA in logits
         with pytest.raises(InvalidParameterError, match=f"The '{param}' parameter of NDLMClassifier"):
             method(X)
     clf.set_params(**{param: fitted.get_params()[param], "max_iter": 0})  # predict does not train

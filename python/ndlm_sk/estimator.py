@@ -818,6 +818,7 @@ class NDLMClassifier(ClassifierMixin, BaseEstimator):
         """Pre-softmax class scores (n, n_classes), float32, of the images as given: no TTA and
         no temperature (``predict_proba`` without them is their softmax, up to float rounding)."""
         check_is_fitted(self, "_net")
+        self._check_params(("n_jobs", "predict_batch_size"))
         X = self._validate_X(X, reset=False)
         self._net.n_threads = self._threads()
         logits = _view_logits(self._net, X, int(self.predict_batch_size), len(self.classes_), False)[0]
