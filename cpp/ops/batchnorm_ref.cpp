@@ -27,7 +27,9 @@ void batchnorm_forward_train(float* y, float* mean, float* rstd, const float* x,
         for (int n = 0; n < N; n++) {
             const float* xp = x + (int64_t(n) * C + c) * HW;
             float* yp = y + (int64_t(n) * C + c) * HW;
-            for (int i = 0; i < HW; i++) yp[i] = gamma[c] * (xp[i] - mean[c]) * rstd[c] + beta[c];
+            // in double: (x - mean) and gamma rstd can leave float range on |x| ~ 1e38
+            for (int i = 0; i < HW; i++)
+                yp[i] = float(double(gamma[c]) * ((double(xp[i]) - mean[c]) * double(rstd[c])) + double(beta[c]));
         }
     }
 }
@@ -53,7 +55,7 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
             const int64_t o = (int64_t(n) * C + c) * HW;
             for (int i = 0; i < HW; i++) {
                 sdy += dy[o + i];
-                sdyx += double(dy[o + i]) * (x[o + i] - mean[c]) * rstd[c];
+                sdyx += double(dy[o + i]) * ((double(x[o + i]) - mean[c]) * double(rstd[c]));
             }
         }
         dbeta[c] += float(sdy);
@@ -63,8 +65,8 @@ void batchnorm_backward(float* dx, float* dgamma, float* dbeta, const float* dy,
         for (int n = 0; n < N; n++) {
             const int64_t o = (int64_t(n) * C + c) * HW;
             for (int i = 0; i < HW; i++) {
-                const double xhat = (x[o + i] - mean[c]) * rstd[c];
-                dx[o + i] = float(gamma[c] * rstd[c] * (dy[o + i] - sdy / M - xhat * sdyx / M));
+                const double xhat = (double(x[o + i]) - mean[c]) * double(rstd[c]);
+                dx[o + i] = float(double(gamma[c]) * double(rstd[c]) * (dy[o + i] - sdy / M - xhat * sdyx / M));
             }
         }
     }

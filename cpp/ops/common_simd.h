@@ -42,10 +42,16 @@ inline void split_range(int64_t total, int nth, int tid, int64_t* b, int64_t* e)
 inline bool par_work(int64_t work) { return work >= kParMinWork; }
 
 // ---- blocked reductions over one plane: float SIMD inside chunks, double across chunks --------
+// A chunk whose float result is not finite (a sum or a deviation left float range on |x| ~ 1e38:
+// the inputs are finite) is redone in double, the reference's way; on ordinary inputs that costs one
+// isfinite per chunk. The functions return true if some chunk was redone.
 constexpr int64_t RCHUNK = 1024;
 
-inline double sum_f(const float* x, int64_t n) {
+inline bool finite_d(double v) { return v - v == 0.0; }  // false for inf and NaN
+
+inline bool sum_f(const float* x, int64_t n, double* out) {
     double tot = 0.0;
+    bool wide = false;
     for (int64_t b = 0; b < n; b += RCHUNK) {
         const int64_t e = min64(n, b + RCHUNK);
         R a0 = Simd::zero(), a1 = Simd::zero();
@@ -56,14 +62,27 @@ inline double sum_f(const float* x, int64_t n) {
         }
         for (; i + V <= e; i += V) a0 = Simd::add(a0, Simd::load(x + i));
         if (i < e) a1 = Simd::add(a1, Simd::loadp(x + i, int(e - i)));
-        tot += double(Simd::hsum(Simd::add(a0, a1)));
+        double c = double(Simd::hsum(Simd::add(a0, a1)));
+        if (!finite_d(c)) {
+            wide = true;
+            c = 0.0;
+            for (int64_t j = b; j < e; j++) c += double(x[j]);
+        }
+        tot += c;
     }
-    return tot;
+    *out = tot;
+    return wide;
+}
+inline double sum_f(const float* x, int64_t n) {
+    double t;
+    sum_f(x, n, &t);
+    return t;
 }
 
 // sum (x - m)^2
-inline double sqdev_f(const float* x, int64_t n, float m) {
+inline bool sqdev_f(const float* x, int64_t n, float m, double* out) {
     double tot = 0.0;
+    bool wide = false;
     const R mv = Simd::set1(m);
     for (int64_t b = 0; b < n; b += RCHUNK) {
         const int64_t e = min64(n, b + RCHUNK);
@@ -83,15 +102,31 @@ inline double sqdev_f(const float* x, int64_t n, float m) {
             const float d = x[i] - m;
             ts += d * d;
         }
+        double c = double(ts) + double(Simd::hsum(Simd::add(a0, a1)));
+        if (!finite_d(c)) {
+            wide = true;
+            c = 0.0;
+            for (int64_t j = b; j < e; j++) c += (double(x[j]) - m) * (double(x[j]) - m);
+            tot += c;
+            continue;
+        }
         tot += double(ts);
         tot += double(Simd::hsum(Simd::add(a0, a1)));
     }
-    return tot;
+    *out = tot;
+    return wide;
+}
+inline double sqdev_f(const float* x, int64_t n, float m) {
+    double t;
+    sqdev_f(x, n, m, &t);
+    return t;
 }
 
-// sum dy and sum dy * (x - m)
-inline void dydev_f(const float* dy, const float* x, int64_t n, float m, double* sdy, double* sdyx) {
+// sum dy and sum dy * (x - m); true if some chunk was redone in double (also when x - m itself
+// overflowed: inf * dy and 0 * inf are not finite, so the chunk's sum shows it)
+inline bool dydev_f(const float* dy, const float* x, int64_t n, float m, double* sdy, double* sdyx) {
     double t0 = 0.0, t1 = 0.0;
+    bool wide = false;
     const R mv = Simd::set1(m);
     for (int64_t b = 0; b < n; b += RCHUNK) {
         const int64_t e = min64(n, b + RCHUNK);
@@ -115,11 +150,21 @@ inline void dydev_f(const float* dy, const float* x, int64_t n, float m, double*
             a1 = Simd::add(a1, g1);
             c1 = Simd::fma(g1, Simd::sub(Simd::loadp(x + i, k), mv), c1);
         }
-        t0 += double(Simd::hsum(Simd::add(a0, a1)));
-        t1 += double(Simd::hsum(Simd::add(c0, c1)));
+        double u0 = double(Simd::hsum(Simd::add(a0, a1))), u1 = double(Simd::hsum(Simd::add(c0, c1)));
+        if (!finite_d(u0 + u1)) {
+            wide = true;
+            u0 = u1 = 0.0;
+            for (int64_t j = b; j < e; j++) {
+                u0 += double(dy[j]);
+                u1 += double(dy[j]) * (double(x[j]) - m);
+            }
+        }
+        t0 += u0;
+        t1 += u1;
     }
     *sdy = t0;
     *sdyx = t1;
+    return wide;
 }
 
 // ---- elementwise passes -------------------------------------------------------------------
