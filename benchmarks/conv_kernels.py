@@ -5,8 +5,9 @@ dispatcher can be forced to (NDLM_SK_SIMD), on one thread, against the 1-thread 
     python benchmarks/conv_kernels.py --out benchmarks/results/conv_kernels
 
 Calls the test-kernel bindings (ndlm_sk._core.kernels, the kernels the network runs) in a fresh
-process per SIMD level with OMP_NUM_THREADS=1. Each figure is the minimum over --reps calls (the
-minimum is robust to time-slicing on a shared machine). dw alone is conv_backward(need_dx=False),
+process per SIMD level with OMP_NUM_THREADS=1. Each figure is the minimum over --reps calls of the
+process's CPU time (--clock cpu, the default: with one thread, the time the kernel ran, not the time
+it waited for a core on a shared machine) or of the wall time (--clock wall). dw alone is conv_backward(need_dx=False),
 as at a network's first layer; dx is conv_backward minus that. Every pass costs
 2 * N * Cout * Cin * KH * KW * OH * OW FLOP. Before timing, every tuned result is checked against
 the reference kernel (impl="ref") on a smaller batch.
@@ -29,17 +30,20 @@ sys.path.insert(0, HERE)
 SHAPES = [("ndlm 5x5x3->10", 3, 10, 5), ("dl/ndel 15x15x3->10", 3, 10, 15)]
 
 
-def _min_time(reps, fn, *args, **kw):
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def _min_time(clock, reps, fn, *args, **kw):
     fn(*args, **kw)
     best = float("inf")
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(*args, **kw)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
-def worker(size, batch, reps):
+def worker(size, batch, reps, clock):
     from ndlm_sk import _core
     from ndlm_sk._core import kernels as K
 
@@ -61,9 +65,10 @@ def worker(size, batch, reps):
         }
         if max(check.values()) > 1e-4:
             raise SystemExit(f"{name}: tuned kernel differs from the reference: {check}")
-        t_fwd = _min_time(reps, K.conv_forward, x, w, b)
-        t_both = _min_time(reps, K.conv_backward, dy, x, w)
-        t_dw = _min_time(reps, K.conv_backward, dy, x, w, need_dx=False)
+        clk = CLOCKS[clock]
+        t_fwd = _min_time(clk, reps, K.conv_forward, x, w, b)
+        t_both = _min_time(clk, reps, K.conv_backward, dy, x, w)
+        t_dw = _min_time(clk, reps, K.conv_backward, dy, x, w, need_dx=False)
         flop = 2 * batch * cout * cin * k * k * o * o
         passes = (("forward", t_fwd), ("backward-data (dx)", t_both - t_dw), ("backward-weights (dw, db)", t_dw))
         for p, t in passes:
@@ -77,13 +82,20 @@ def main():
     ap.add_argument("--size", type=int, default=300, help="input image side (default 300)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=15, help="timed calls per kernel (the minimum is reported)")
+    ap.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="cpu",
+        help="cpu (default): the process's CPU time (one thread: the time it ran, not the time it waited for a "
+        "core on a loaded machine); wall: elapsed time",
+    )
     ap.add_argument("--levels", default="generic,avx2,avx512", help="SIMD levels (NDLM_SK_SIMD)")
     ap.add_argument("--fma-peak", type=float, default=None, help="1-thread FMA peak, GFLOP/s (default: measured)")
     ap.add_argument("--out", default=None, help="folder for results.json and results.md")
     ap.add_argument("--note", default="", help="a sentence for the report (e.g. the machine's load)")
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.size, args.batch, args.reps)))
+        print(json.dumps(worker(args.size, args.batch, args.reps, args.clock)))
         return
 
     from bench_speed import _cpu_model, fma_peak
@@ -100,6 +112,7 @@ def main():
         "size": args.size,
         "batch": args.batch,
         "reps": args.reps,
+        "clock": args.clock,
         "fma_peak_1thread_gflops": peaks,
         "note": args.note,
         "levels": {},
@@ -107,7 +120,9 @@ def main():
     for lv in levels:
         env = dict(os.environ, NDLM_SK_SIMD=lv, OMP_NUM_THREADS="1")
         cmd = [sys.executable, __file__, "--worker", "--size", str(args.size), "--batch", str(args.batch)]
-        r = subprocess.run([*cmd, "--reps", str(args.reps)], env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [*cmd, "--reps", str(args.reps), "--clock", args.clock], env=env, capture_output=True, text=True
+        )
         if r.returncode != 0:
             raise SystemExit(f"NDLM_SK_SIMD={lv} failed:\n{r.stderr[-3000:]}")
         got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -123,7 +138,8 @@ def main():
         f"Command: `{results['command']}`",
         "",
         f"CPU: {results['cpu']}. Input {args.batch} x 3 x {o} x {o} float32, 10 output channels, stride 1, "
-        f"no padding; the minimum over {args.reps} calls per kernel, each SIMD level in its own process "
+        f"no padding; the minimum over {args.reps} calls per kernel of the {'CPU' if args.clock == 'cpu' else 'wall'} "
+        "time, each SIMD level in its own process "
         "(NDLM_SK_SIMD, OMP_NUM_THREADS=1). dx = conv_backward - conv_backward(need_dx=False). "
         "1-thread FMA peak (benchmarks/fma_peak.c): "
         + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items())
